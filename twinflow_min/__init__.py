@@ -1,0 +1,7 @@
+"""twinflow-min: a small, exact PyTorch implementation of TwinFlow (arXiv:2512.05150).
+
+Time convention everywhere in this package: x_t = (1 - t) * x + t * z, t = 1 is noise,
+t = 0 is data, and negative t (in [-1, 0)) is the fake (twin) branch.
+"""
+
+__version__ = "0.1.0"
