@@ -1,0 +1,342 @@
+"""Tests of twinflow_min/config.py: JSON (SimpleTuner keys) + flags -> TrainConfig, and every refusal.
+
+Expected defaults and key names are written here from the brief and SimpleTuner's TwinFlow guide
+(documentation/distillation/TWINFLOW.md), not read back from the code under test.
+Time convention of the project: x_t = (1 - t) * x + t * z, t = 1 is noise, negative t is the fake branch.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from twinflow_min.config import (PRESETS, ConfigError, ConfigWarning, TrainConfig, build_parser,
+                                 config_table_markdown, resolve_config, validate)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "example-simpletuner-twinflow.json"
+
+# The dataclass defaults, copied from the brief (SimpleTuner's values where SimpleTuner has the key).
+BRIEF_DEFAULTS = dict(
+    twinflow_enabled=False, twinflow_target_step_count=2, twinflow_estimate_order=2, twinflow_enhanced_ratio=0.5,
+    twinflow_delta_t=0.01, twinflow_target_clamp=1.0, twinflow_require_ema=True, twinflow_allow_no_ema_teacher=False,
+    twinflow_allow_diff2flow=False, twinflow_adversarial_enabled=False, twinflow_adversarial_weight=1.0,
+    twinflow_rectify_weight=1.0, twinflow_consistency_weight=1.0, twinflow_realvel_weight=1.0,
+    twinflow_recipe="tutorial", twinflow_group_proportions=[1, 1, 1, 1], twinflow_time_dist=[1.0, 1.0, 1.0],
+    twinflow_loss_type="l2", twinflow_time_weighting=False, twinflow_dist_match_cof=0.5, twinflow_rectify_clip=None,
+    twinflow_enhanced_range=[0.0, 1.0], twinflow_image_free=False, use_ema=True, ema_decay=0.99, learning_rate=1e-4,
+    train_batch_size=64, gradient_accumulation_steps=1, mixed_precision="no", output_dir="outputs", seed=0,
+    max_train_steps=1000, validation_guidance=0.0, validation_num_inference_steps=2, validation_every=500,
+    checkpointing_steps=500, prediction_type="flow_matching", diff2flow_enabled=False, distillation_method=None,
+    model_family="dit", model_type="full", pretrained_model_name_or_path=None, dataset="toy:moons", data=None,
+    model="toy", label_dropout=0.1, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0,
+    ema_warmup=True, device="auto", compile=False, gradient_checkpointing=False, resume=None, log_every=10,
+    run_name=None, eval_samples=4000, validation_nfe=[1, 2, 4],
+)
+
+# Keys of the "Quick Config" and "Adversarial Branch" sections of SimpleTuner's TwinFlow guide.
+SIMPLETUNER_GUIDE_KEYS = (
+    "model_family", "model_type", "pretrained_model_name_or_path", "output_dir", "distillation_method", "use_ema",
+    "twinflow_enabled", "twinflow_target_step_count", "twinflow_estimate_order", "twinflow_enhanced_ratio",
+    "twinflow_delta_t", "twinflow_target_clamp", "learning_rate", "train_batch_size", "gradient_accumulation_steps",
+    "mixed_precision", "validation_guidance", "validation_num_inference_steps", "prediction_type", "diff2flow_enabled",
+    "twinflow_allow_diff2flow", "twinflow_require_ema", "twinflow_allow_no_ema_teacher",
+    "twinflow_adversarial_enabled", "twinflow_adversarial_weight", "twinflow_rectify_weight",
+)
+
+
+def write_config(tmp_path: Path, **changes) -> str:
+    """The example config with `changes` applied (a value None is written as JSON null)."""
+    values = json.loads(EXAMPLE.read_text())
+    values.update(changes)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def refused(argv: list[str]) -> str:
+    with pytest.raises(ConfigError) as error:
+        resolve_config(argv)
+    message = str(error.value)
+    assert "\n" not in message  # one line, as train.py prints it
+    return message
+
+
+# ---------------------------------------------------------------- defaults, example, presets
+def test_dataclass_defaults_match_the_brief():
+    defaults = dataclasses.asdict(TrainConfig())
+    assert set(defaults) == set(BRIEF_DEFAULTS)
+    assert defaults == BRIEF_DEFAULTS
+
+
+def test_example_simpletuner_config_is_accepted_and_read_as_written():
+    written = json.loads(EXAMPLE.read_text())
+    cfg = resolve_config(["--config", str(EXAMPLE)])
+    assert {key: getattr(cfg, key) for key in written} == written
+    assert cfg.twinflow_enabled and cfg.twinflow_adversarial_enabled and cfg.twinflow_enhanced_ratio == 0.0
+    assert cfg.label_dropout == BRIEF_DEFAULTS["label_dropout"]  # a key missing from the file: dataclass default
+
+
+def test_every_simpletuner_guide_key_is_a_field():
+    assert set(SIMPLETUNER_GUIDE_KEYS) <= {field.name for field in dataclasses.fields(TrainConfig)}
+
+
+def test_simpletuner_double_dash_keys_are_accepted(tmp_path):
+    path = tmp_path / "dashed.json"
+    path.write_text(json.dumps({"--twinflow_enabled": True, "--twinflow_enhanced_ratio": 0.0, "--seed": 7}))
+    cfg = resolve_config(["--config", str(path)])
+    assert (cfg.twinflow_enabled, cfg.twinflow_enhanced_ratio, cfg.seed) == (True, 0.0, 7)
+
+
+def test_toy_preset_without_config():
+    cfg = resolve_config([])
+    assert cfg.dataset == "toy:moons" and cfg.model == "toy"
+    assert (cfg.twinflow_enabled, cfg.twinflow_adversarial_enabled, cfg.twinflow_enhanced_ratio) == (True, True, 0.0)
+    assert (cfg.train_batch_size, cfg.use_ema, cfg.validation_every, cfg.checkpointing_steps) == (256, True, 0, 0)
+    assert resolve_config(["--toy", "spirals"]).dataset == "toy:spirals"
+
+
+def test_cifar10_preset_from_the_dataset(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"")  # existence is all the config checks
+    cfg = resolve_config(["--dataset", "cifar10", "--data", str(archive)])
+    assert (cfg.model, cfg.train_batch_size, cfg.learning_rate) == ("CIFAR-S/2", 128, 1e-4)
+    assert cfg.twinflow_enhanced_ratio == 0.5
+    assert (cfg.max_train_steps, cfg.validation_every, cfg.checkpointing_steps) == (100_000, 2000, 5000)
+    assert cfg.twinflow_enabled and cfg.twinflow_adversarial_enabled and cfg.mixed_precision == "no"
+
+
+def test_pretrained_image_free_needs_no_data(tmp_path):
+    weights = tmp_path / "sit-b-2.safetensors"
+    weights.write_bytes(b"")
+    cfg = resolve_config(["--pretrained", str(weights), "--image-free"])
+    assert cfg.twinflow_image_free and cfg.pretrained_model_name_or_path == str(weights)
+    assert cfg.dataset == PRESETS["cifar10"]["dataset"] and cfg.data is None
+
+
+def test_config_file_does_not_take_the_preset(tmp_path):
+    cfg = resolve_config(["--config", write_config(tmp_path)])
+    assert cfg.label_dropout == 0.1 and cfg.log_every == 10  # not in the file: dataclass defaults, no preset
+    path = tmp_path / "minimal.json"
+    path.write_text("{}")
+    assert resolve_config(["--config", str(path)]).max_train_steps == BRIEF_DEFAULTS["max_train_steps"]
+
+
+# ---------------------------------------------------------------- precedence and explicit zeros
+def test_flags_override_json(tmp_path):
+    path = write_config(tmp_path, max_train_steps=50, learning_rate=0.5, output_dir="a")
+    cfg = resolve_config(["--config", path, "--max_train_steps", "3", "--lr", "2e-4", "--out", "b",
+                          "--batch-size", "8", "--toy", "circles", "--use_ema", "--validation_nfe", "1,2"])
+    assert (cfg.max_train_steps, cfg.learning_rate, cfg.output_dir) == (3, 2e-4, "b")
+    assert (cfg.train_batch_size, cfg.dataset, cfg.use_ema, cfg.validation_nfe) == (8, "toy:circles", True, [1, 2])
+    assert resolve_config(["--config", path, "--steps", "4"]).max_train_steps == 4
+
+
+def test_explicit_zeros_and_false_stay_as_given(tmp_path):
+    zeros = dict(twinflow_enhanced_ratio=0, validation_every=0, twinflow_adversarial_weight=0.0, seed=0,
+                 ema_decay=0, checkpointing_steps=0, max_grad_norm=0, label_dropout=0.0, twinflow_rectify_weight=0.0,
+                 twinflow_consistency_weight=0, twinflow_realvel_weight=0.0, validation_guidance=0.0,
+                 twinflow_dist_match_cof=0.0, use_ema=False, twinflow_allow_no_ema_teacher=True, ema_warmup=False)
+    cfg = resolve_config(["--config", write_config(tmp_path, **zeros)])
+    assert {key: getattr(cfg, key) for key in zeros} == zeros
+    path = write_config(tmp_path, validation_every=100, twinflow_adversarial_weight=2.0, seed=5)
+    cfg = resolve_config(["--config", path, "--validation_every", "0", "--twinflow_adversarial_weight", "0.0",
+                          "--seed", "0", "--twinflow_adversarial_enabled", "false"])
+    assert (cfg.validation_every, cfg.twinflow_adversarial_weight, cfg.seed) == (0, 0.0, 0)
+    assert cfg.twinflow_adversarial_enabled is False
+    assert resolve_config(["--twinflow_adversarial_enabled", "false"]).twinflow_adversarial_enabled is False  # preset
+
+
+def test_command_line_value_forms(tmp_path):
+    cfg = resolve_config(["--twinflow_group_proportions", "[1,1,1,0]", "--twinflow_enhanced_range", "0.2,0.8",
+                          "--twinflow_rectify_clip", "1", "--run_name", "none", "--learning_rate", ".001"])
+    assert cfg.twinflow_group_proportions == [1.0, 1.0, 1.0, 0.0] and cfg.twinflow_enhanced_range == [0.2, 0.8]
+    assert (cfg.twinflow_rectify_clip, cfg.run_name, cfg.learning_rate) == (1.0, None, 0.001)
+    last_wins = resolve_config(["--twinflow_rectify_clip", "1.5", "--twinflow_rectify_clip", "none"])
+    assert last_wins.twinflow_rectify_clip is None
+    assert resolve_config(["--compile"]).compile is True  # bare boolean flag = true
+
+
+# ---------------------------------------------------------------- refusals (each from a JSON file)
+@pytest.mark.parametrize("changes, key, phrase", [
+    (dict(prediction_type="epsilon"), "prediction_type", "twinflow_allow_diff2flow: true"),
+    (dict(prediction_type="v_prediction", diff2flow_enabled=True), "prediction_type", "flow_matching"),
+    (dict(use_ema=False), "use_ema", "twinflow_allow_no_ema_teacher: true"),
+    (dict(use_ema=False), "use_ema", "twinflow_require_ema: false"),
+    (dict(distillation_method="dmd"), "distillation_method", "null"),
+    (dict(twinflow_estimate_order=0), "twinflow_estimate_order", "at least 1"),
+    (dict(twinflow_target_step_count=0), "twinflow_target_step_count", "1-8"),
+    (dict(twinflow_target_step_count=9), "twinflow_target_step_count", "1-8"),
+    (dict(twinflow_delta_t=0.0), "twinflow_delta_t", "(0, 0.5)"),
+    (dict(twinflow_delta_t=0.5), "twinflow_delta_t", "(0, 0.5)"),
+    (dict(twinflow_target_clamp=0.0), "twinflow_target_clamp", "> 0"),
+    (dict(twinflow_adversarial_weight=-1.0), "twinflow_adversarial_weight", "negative"),
+    (dict(twinflow_rectify_weight=-0.5), "twinflow_rectify_weight", "negative"),
+    (dict(twinflow_enhanced_ratio=-0.1), "twinflow_enhanced_ratio", "negative"),
+    (dict(learning_rate=-1e-4), "learning_rate", "> 0"),
+    (dict(learning_rate=0.0), "learning_rate", "> 0"),
+    (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps", "at least 1"),
+    (dict(train_batch_size=0), "train_batch_size", "at least 1"),
+    (dict(ema_decay=1.5), "ema_decay", "[0, 1]"),
+    (dict(ema_decay=-0.01), "ema_decay", "[0, 1]"),
+    (dict(mixed_precision="fp32"), "mixed_precision", "bf16"),
+    (dict(prediction_type="sample"), "prediction_type", "flow_matching"),
+    (dict(twinflow_recipe="huge"), "twinflow_recipe", "large"),
+    (dict(twinflow_loss_type="l1"), "twinflow_loss_type", "barron"),
+    (dict(twinflow_recipe="large", train_batch_size=3), "train_batch_size", "4 row groups"),
+    (dict(twinflow_group_proportions=[0, 0, 0, 0]), "twinflow_group_proportions", "all zero"),
+    (dict(twinflow_group_proportions=[1, 1, 1]), "twinflow_group_proportions", "4 shares"),
+    (dict(twinflow_enhanced_range=[0.6, 0.4]), "twinflow_enhanced_range", "ascending"),
+    (dict(twinflow_enhanced_range=[0.0, 1.5]), "twinflow_enhanced_range", "[0, 1]"),
+    (dict(twinflow_time_dist=[1.0, 0.0, 1.0]), "twinflow_time_dist", "Beta"),
+    (dict(model_type="lora"), "model_type", "LoRA is not implemented in twinflow-min yet; use model_type: full"),
+    (dict(model_type="lycoris"), "model_type", "model_type: full"),
+    (dict(model_family="sd3"), "model_family", "dit"),
+    (dict(dataset="toy:moon"), "dataset", "checkerboard"),
+    (dict(dataset="mnist"), "dataset", "cifar10"),
+    (dict(dataset="cifar10", model="CIFAR-S/2"), "data", "--data"),
+    (dict(dataset="folder", model="CIFAR-S/2"), "data", "--data"),
+    (dict(dataset="latents:/no/such/latents.safetensors"), "dataset", "latents:"),
+    (dict(dataset="image_free"), "dataset", "twinflow_image_free: true"),
+    (dict(twinflow_image_free=True), "twinflow_image_free", "pretrained_model_name_or_path"),
+    (dict(pretrained_model_name_or_path="sit-xl-2.pt"), "pretrained_model_name_or_path", "convert_checkpoint.py"),
+    (dict(pretrained_model_name_or_path="stabilityai/stable-diffusion-3.5-large"), "pretrained_model_name_or_path",
+     ".safetensors"),
+    (dict(model="CIFAR-S/2"), "model", "model: toy"),
+    (dict(model="DiT-S2"), "model", "DiT-S/2"),
+    (dict(twinflow_enhanced_ratio=0.5), "twinflow_enhanced_ratio", "0.0"),  # the toy has no labels to contrast
+    (dict(device="gpu"), "device", "cuda"),
+    (dict(resume="/no/such/run"), "resume", "does not exist"),
+    (dict(validation_nfe=[]), "validation_nfe", "[1, 2, 4]"),
+    (dict(twinflow_rectify_clip=0.0), "twinflow_rectify_clip", "none"),
+])
+def test_refusals_name_the_key_and_the_fix(tmp_path, changes, key, phrase):
+    message = refused(["--config", write_config(tmp_path, **changes)])
+    assert key in message and phrase in message
+
+
+def test_allowed_ways_out_are_accepted(tmp_path):
+    bridged = dict(prediction_type="epsilon", diff2flow_enabled=True, twinflow_allow_diff2flow=True)
+    assert resolve_config(["--config", write_config(tmp_path, **bridged)]).prediction_type == "epsilon"
+    for way_out in (dict(twinflow_allow_no_ema_teacher=True), dict(twinflow_require_ema=False)):
+        assert resolve_config(["--config", write_config(tmp_path, use_ema=False, **way_out)]).use_ema is False
+    off = dict(twinflow_enabled=False, use_ema=False, twinflow_estimate_order=0, twinflow_enhanced_ratio=0.5)
+    assert resolve_config(["--config", write_config(tmp_path, **off)]).twinflow_enabled is False  # TwinFlow-only rules
+    weights = tmp_path / "toy.safetensors"
+    weights.write_bytes(b"")
+    cfg = resolve_config(["--config", write_config(tmp_path, pretrained_model_name_or_path=str(weights))])
+    assert cfg.pretrained_model_name_or_path == str(weights)
+
+
+def test_distillation_method_alone_is_refused_too(tmp_path):
+    message = refused(["--config", write_config(tmp_path, twinflow_enabled=False, distillation_method="lcm")])
+    assert "distillation_method" in message and "twinflow_enabled: true" in message
+
+
+def test_more_than_four_target_steps_warns(tmp_path):
+    with pytest.warns(ConfigWarning, match="twinflow_target_step_count"):
+        cfg = resolve_config(["--config", write_config(tmp_path, twinflow_target_step_count=6)])
+    assert cfg.twinflow_target_step_count == 6
+
+
+# ---------------------------------------------------------------- keys and types
+def test_unknown_keys_suggest_the_closest(tmp_path):
+    message = refused(["--config", write_config(tmp_path, twinflow_enhance_ratio=0.5)])
+    assert "twinflow_enhance_ratio" in message and "did you mean twinflow_enhanced_ratio" in message
+    message = refused(["--lerning_rate", "1e-4"])
+    assert "--lerning_rate" in message and "did you mean --learning_rate" in message
+    assert "did you mean --max_train_steps" in refused(["--max-train-steps", "3"])
+
+
+@pytest.mark.parametrize("key, value, phrase", [
+    ("max_train_steps", True, "booleans are not numbers"),
+    ("learning_rate", False, "booleans are not numbers"),
+    ("learning_rate", "1e-4", "without quotes"),
+    ("seed", "0", "without quotes"),
+    ("use_ema", 1, "true or false"),
+    ("twinflow_enabled", "true", "true or false"),
+    ("train_batch_size", 2.5, "integer"),
+    ("twinflow_group_proportions", 1, "list"),
+    ("twinflow_group_proportions", [1, 1, True, 1], "booleans are not numbers"),
+    ("dataset", 5, "string"),
+    ("output_dir", None, "string"),
+])
+def test_wrong_types_are_refused(tmp_path, key, value, phrase):
+    message = refused(["--config", write_config(tmp_path, **{key: value})])
+    assert key in message and phrase in message
+
+
+def test_ints_are_accepted_for_floats_and_converted(tmp_path):
+    cfg = resolve_config(["--config", write_config(tmp_path, learning_rate=1, twinflow_target_clamp=2)])
+    assert type(cfg.learning_rate) is float and type(cfg.twinflow_target_clamp) is float
+    assert cfg.learning_rate == 1.0
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--max_train_steps", "true"], "booleans are not numbers"),
+    (["--max_train_steps", "abc"], "integer"),
+    (["--use_ema", "maybe"], "true or false"),
+    (["--learning_rate", "nan"], "finite"),
+    (["--learning_rate"], "expected one argument"),
+    (["3"], "--flag"),
+])
+def test_command_line_type_errors(argv, phrase):
+    assert phrase in refused(argv)
+
+
+def test_bad_json_files(tmp_path):
+    assert "missing.json" in refused(["--config", str(tmp_path / "missing.json")])
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"seed": 1,}')
+    assert "line 1" in refused(["--config", str(broken)])
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    assert "JSON object" in refused(["--config", str(listed)])
+
+
+def test_validate_checks_a_config_built_in_python():
+    with pytest.raises(ConfigError, match="learning_rate"):
+        validate(TrainConfig(learning_rate="fast"))
+    with pytest.raises(ConfigError, match="ema_decay"):
+        validate(TrainConfig(ema_decay=2.0))
+    assert validate(TrainConfig(twinflow_enhanced_ratio=0.0)) == []
+
+
+# ---------------------------------------------------------------- views, round trip, docs
+def test_twinflow_options_map_onto_the_loss_keywords(tmp_path):
+    distinct = dict(twinflow_estimate_order=3, twinflow_delta_t=0.02, twinflow_target_clamp=0.7,
+                    twinflow_adversarial_weight=0.3, twinflow_rectify_weight=0.4, twinflow_consistency_weight=0.6,
+                    twinflow_realvel_weight=0.8, twinflow_recipe="large", twinflow_loss_type="barron",
+                    twinflow_time_weighting=True, twinflow_dist_match_cof=0.75, twinflow_rectify_clip=1.0,
+                    twinflow_enhanced_range=[0.1, 0.9], twinflow_group_proportions=[1, 2, 3, 0],
+                    twinflow_time_dist=[2.0, 1.0, 0.5])
+    cfg = resolve_config(["--config", write_config(tmp_path, **distinct)])
+    options = cfg.twinflow_options()
+    assert options == dict(estimate_order=3, delta_t=0.02, target_clamp=0.7, enhanced_ratio=0.0,
+                           adversarial_enabled=True, adversarial_weight=0.3, rectify_weight=0.4, consistency_weight=0.6,
+                           realvel_weight=0.8, recipe="large", loss_type="barron", time_weighting=True,
+                           dist_match_cof=0.75, rectify_clip=1.0, enhanced_range=(0.1, 0.9), frozen_teacher=False)
+    assert cfg.input_sampling_options() == dict(recipe="large", group_proportions=(1.0, 2.0, 3.0, 0.0),
+                                                time_dist=(2.0, 1.0, 0.5))
+    frozen = resolve_config(["--config", write_config(tmp_path, twinflow_recipe="large", ema_decay=1.0)])
+    assert frozen.twinflow_options()["frozen_teacher"] is True  # SRC ema_decay_rate == 1
+
+
+def test_json_round_trip(tmp_path):
+    cfg = resolve_config(["--config", write_config(tmp_path, twinflow_rectify_clip=1.0), "--seed", "3"])
+    again = TrainConfig.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainConfig.from_dict({**cfg.to_dict(), "lora_rank": 4})
+
+
+def test_markdown_table_and_help_list_every_field():
+    table = config_table_markdown().splitlines()
+    assert table[0] == "| key | type | default | meaning |"
+    rows = {line.split("`")[1]: line for line in table[2:]}
+    assert set(rows) == set(BRIEF_DEFAULTS) and len(table) == 2 + len(BRIEF_DEFAULTS)
+    assert "`0.99`" in rows["ema_decay"] and "`null`" in rows["run_name"] and '"bf16"' in rows["mixed_precision"]
+    text = build_parser("Train TwinFlow.").format_help()
+    assert all(f"--{key}" in text for key in BRIEF_DEFAULTS)
+    assert all(alias in text for alias in ("--toy", "--steps", "--batch-size", "--lr", "--out", "--pretrained",
+                                           "--image-free"))
