@@ -1,4 +1,4 @@
-"""Tests of twinflow_min/config.py: JSON (SimpleTuner keys) + flags -> TrainConfig, and every refusal.
+"""Tests of twinflow_min/config.py and config_cli.py: JSON (SimpleTuner keys) + flags -> TrainConfig, and every refusal.
 
 Expected defaults and key names are written here from the brief and SimpleTuner's TwinFlow guide
 (documentation/distillation/TWINFLOW.md), not read back from the code under test.
@@ -13,6 +13,7 @@ import pytest
 
 from twinflow_min.config import (PRESETS, ConfigError, ConfigWarning, TrainConfig, build_parser,
                                  config_table_markdown, resolve_config, validate)
+from twinflow_min.twinflow import TwinFlowOptions
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "example-simpletuner-twinflow.json"
 
@@ -32,6 +33,7 @@ BRIEF_DEFAULTS = dict(
     model="toy", label_dropout=0.1, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0,
     ema_warmup=True, device="auto", compile=False, gradient_checkpointing=False, resume=None, log_every=10,
     run_name=None, eval_samples=4000, validation_nfe=[1, 2, 4],
+    lr_schedule="constant", lr_warmup_steps=0,  # learning-rate schedule: constant, no warm-up (off unless asked)
 )
 
 # Keys of the "Quick Config" and "Adversarial Branch" sections of SimpleTuner's TwinFlow guide.
@@ -136,7 +138,8 @@ def test_explicit_zeros_and_false_stay_as_given(tmp_path):
     zeros = dict(twinflow_enhanced_ratio=0, validation_every=0, twinflow_adversarial_weight=0.0, seed=0,
                  ema_decay=0, checkpointing_steps=0, max_grad_norm=0, label_dropout=0.0, twinflow_rectify_weight=0.0,
                  twinflow_consistency_weight=0, twinflow_realvel_weight=0.0, validation_guidance=0.0,
-                 twinflow_dist_match_cof=0.0, use_ema=False, twinflow_allow_no_ema_teacher=True, ema_warmup=False)
+                 twinflow_dist_match_cof=0.0, use_ema=False, twinflow_allow_no_ema_teacher=True, ema_warmup=False,
+                 twinflow_recipe="large")  # dist_match_cof is a large-recipe option
     cfg = resolve_config(["--config", write_config(tmp_path, **zeros)])
     assert {key: getattr(cfg, key) for key in zeros} == zeros
     path = write_config(tmp_path, validation_every=100, twinflow_adversarial_weight=2.0, seed=5)
@@ -149,7 +152,8 @@ def test_explicit_zeros_and_false_stay_as_given(tmp_path):
 
 def test_command_line_value_forms(tmp_path):
     cfg = resolve_config(["--twinflow_group_proportions", "[1,1,1,0]", "--twinflow_enhanced_range", "0.2,0.8",
-                          "--twinflow_rectify_clip", "1", "--run_name", "none", "--learning_rate", ".001"])
+                          "--twinflow_rectify_clip", "1", "--run_name", "none", "--learning_rate", ".001",
+                          "--twinflow_recipe", "large"])
     assert cfg.twinflow_group_proportions == [1.0, 1.0, 1.0, 0.0] and cfg.twinflow_enhanced_range == [0.2, 0.8]
     assert (cfg.twinflow_rectify_clip, cfg.run_name, cfg.learning_rate) == (1.0, None, 0.001)
     last_wins = resolve_config(["--twinflow_rectify_clip", "1.5", "--twinflow_rectify_clip", "none"])
@@ -226,6 +230,50 @@ def test_allowed_ways_out_are_accepted(tmp_path):
     weights.write_bytes(b"")
     cfg = resolve_config(["--config", write_config(tmp_path, pretrained_model_name_or_path=str(weights))])
     assert cfg.pretrained_model_name_or_path == str(weights)
+
+
+# One non-default value per option that only the large recipe (official SRC) reads; defaults from BRIEF_DEFAULTS.
+LARGE_ONLY_CHANGES = [("twinflow_time_weighting", True), ("twinflow_dist_match_cof", 0.25),
+                      ("twinflow_enhanced_range", [0.1, 0.9]), ("twinflow_group_proportions", [1, 1, 1, 0])]
+
+
+@pytest.mark.parametrize("key, value", LARGE_ONLY_CHANGES)
+def test_large_only_options_are_refused_with_the_tutorial_recipe(tmp_path, key, value):
+    assert value != BRIEF_DEFAULTS[key]
+    message = refused(["--config", write_config(tmp_path, twinflow_recipe="tutorial", **{key: value})])
+    assert message.startswith(f"{key} = ") and 'only applies to twinflow_recipe: "large"' in message
+    # the same value is fine with the large recipe, and the loss accepts the options it is mapped onto
+    cfg = resolve_config(["--config", write_config(tmp_path, twinflow_recipe="large", **{key: value})])
+    assert getattr(cfg, key) == value
+    TwinFlowOptions.from_keywords(**cfg.twinflow_options())
+    # without TwinFlow the TwinFlow-only rules do not apply
+    off = resolve_config(["--config", write_config(tmp_path, twinflow_enabled=False, **{key: value})])
+    assert off.twinflow_recipe == "tutorial" and getattr(off, key) == value
+
+
+def test_tutorial_check_mirrors_the_loss_options():
+    # the check exists because the loss itself refuses these options with the tutorial recipe (at step 1)
+    for key, value in LARGE_ONLY_CHANGES[:3]:  # group proportions go to the input sampler, not the loss options
+        options = TrainConfig(**{**BRIEF_DEFAULTS, key: value}).twinflow_options()
+        with pytest.raises(ValueError, match="only apply to recipe='large'"):
+            TwinFlowOptions.from_keywords(**options)
+
+
+def test_large_recipe_adv_rows_need_the_adversarial_branch(tmp_path):
+    large_off = dict(twinflow_recipe="large", twinflow_adversarial_enabled=False)
+    message = refused(["--config", write_config(tmp_path, **large_off)])  # default shares [1, 1, 1, 1]: adv > 0
+    assert message.startswith("twinflow_adversarial_enabled = False")
+    assert "twinflow_adversarial_enabled: true" in message and "twinflow_group_proportions: [1, 1, 1, 0]" in message
+    assert "twinflow_adversarial_enabled" in refused(
+        ["--config", write_config(tmp_path, twinflow_group_proportions=[2, 1, 1, 0.5], **large_off)])
+    # both ways out are accepted, and so is the tutorial recipe without the adversarial branch
+    no_adv = resolve_config(["--config", write_config(tmp_path, twinflow_group_proportions=[1, 1, 1, 0], **large_off)])
+    assert no_adv.twinflow_group_proportions == [1, 1, 1, 0] and no_adv.twinflow_adversarial_enabled is False
+    assert resolve_config(["--config", write_config(tmp_path, twinflow_recipe="large")]).twinflow_adversarial_enabled
+    tutorial = resolve_config(["--config", write_config(tmp_path, twinflow_adversarial_enabled=False)])
+    assert tutorial.twinflow_recipe == "tutorial"
+    off = resolve_config(["--config", write_config(tmp_path, twinflow_enabled=False, **large_off)])
+    assert off.twinflow_enabled is False  # TwinFlow-only rule
 
 
 def test_distillation_method_alone_is_refused_too(tmp_path):

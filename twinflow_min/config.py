@@ -1,16 +1,12 @@
-"""Training configuration: one typed dataclass, JSON files with SimpleTuner's key names, command-line flags.
+"""Training configuration: one typed dataclass with SimpleTuner's key names, and the checks on its values.
 
 Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (training settings). Key names, defaults and the two TwinFlow
 errors follow SimpleTuner's TwinFlow guide (`bghira/SimpleTuner` documentation/distillation/TWINFLOW.md and its
 config field registry), so the TwinFlow part of a SimpleTuner `config.json` runs here unchanged; twinflow-min's
 own keys keep the `twinflow_` prefix. The official TwinFlow code (`src/configs/*.yaml` read by `src/train.py`)
 checks nothing; here every value is checked before any work, and each error says how to fix it in one line.
-
-Where the values come from (later wins):
-  * without --config: PRESETS[name] picked from the dataset (a `toy:*` dataset, or none and no pretrained model
-    -> "toy"; any other dataset, or none but a pretrained model -> "cifar10"), then command-line flags;
-  * with --config FILE.json: the dataclass defaults (SimpleTuner's), then the file's keys, then the flags.
-An explicit 0 / false / 0.0 always stays as given: nothing here falls back with `value or default`.
+JSON files and command-line flags are read by `config_cli.py` (`resolve_config`, `build_parser`,
+`config_table_markdown`, `preset_name`), which this module also serves by name: see `__getattr__` at the end.
 
 Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake (twin) branch.
 (`twinflow_delta_t` and `twinflow_enhanced_range` are times in this convention.)
@@ -18,14 +14,12 @@ Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import json
 import math
 import types
 import typing
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +83,7 @@ class TrainConfig:
     # ---- general, SimpleTuner names ----
     use_ema: bool = _field(True, "keep an EMA of the student: the TwinFlow teacher and the sampled model")
     ema_decay: float = _field(0.99, "EMA decay in [0, 1]; 0 = the student itself, 1 = frozen initial model")
-    learning_rate: float = _field(1e-4, "AdamW learning rate (constant)")
+    learning_rate: float = _field(1e-4, "AdamW learning rate (peak value when lr_schedule is cosine)")
     train_batch_size: int = _field(64, "samples per micro-batch")
     gradient_accumulation_steps: int = _field(1, "micro-batches per optimizer step")
     mixed_precision: str = _field("no", "autocast dtype on CUDA (ignored on CPU)", ("no", "bf16", "fp16"))
@@ -115,6 +109,9 @@ class TrainConfig:
     adam_beta1: float = _field(0.9, "AdamW beta1")
     adam_beta2: float = _field(0.999, "AdamW beta2")
     weight_decay: float = _field(0.0, "AdamW weight decay")
+    lr_schedule: str = _field("constant", "constant, or cosine decay from learning_rate to 0 at max_train_steps",
+                              ("constant", "cosine"))
+    lr_warmup_steps: int = _field(0, "linear learning-rate warm-up from 0 over the first N steps")
     max_grad_norm: float = _field(1.0, "gradient-norm clipping; 0 = off")
     ema_warmup: bool = _field(True, "official EMA warm-up: decay climbs from 0 to ema_decay (reference 2.10)")
     device: str = _field("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps ...")
@@ -282,7 +279,8 @@ RULES = (
     *((key, lambda v: v >= 0, "must not be negative") for key in (
         "twinflow_enhanced_ratio", "twinflow_adversarial_weight", "twinflow_rectify_weight", "seed",
         "twinflow_consistency_weight", "twinflow_realvel_weight", "twinflow_dist_match_cof", "weight_decay",
-        "max_grad_norm", "validation_guidance", "validation_every", "checkpointing_steps", "eval_samples")),
+        "max_grad_norm", "validation_guidance", "validation_every", "checkpointing_steps", "eval_samples",
+        "lr_warmup_steps")),
     *((key, lambda v: v >= 1, "must be at least 1") for key in (
         "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "log_every",
         "validation_num_inference_steps")),
@@ -309,6 +307,11 @@ TWINFLOW_RULES = (  # only when twinflow_enabled
      "official 0.01"),
     ("twinflow_target_clamp", lambda v: v > 0, "must be > 0; the official clip is 1.0"),
 )
+# Options only the large recipe reads (official SRC; TUT has none): with twinflow_recipe "tutorial" the loss
+# (twinflow.TwinFlowOptions) and the input sampler (twinflow.sample_training_inputs) refuse any other value.
+LARGE_ONLY_DEFAULTS = {key: getattr(TrainConfig(), key) for key in (
+    "twinflow_time_weighting", "twinflow_dist_match_cof", "twinflow_enhanced_range", "twinflow_group_proportions")}
+ADV_GROUP = GROUP_NAMES.index("adv")
 
 
 def _check_twinflow(cfg: TrainConfig) -> list[str]:
@@ -317,6 +320,14 @@ def _check_twinflow(cfg: TrainConfig) -> list[str]:
     if not cfg.use_ema and cfg.twinflow_require_ema and not cfg.twinflow_allow_no_ema_teacher:
         raise ConfigError("use_ema = False, but TwinFlow needs an EMA teacher: set use_ema: true, or accept the "
                           "student as teacher: twinflow_allow_no_ema_teacher: true (or twinflow_require_ema: false)")
+    large = cfg.twinflow_recipe == "large"
+    for key, default in LARGE_ONLY_DEFAULTS.items():  # else training raises at step 1
+        _require(cfg, key, large or getattr(cfg, key) == default, f'only applies to twinflow_recipe: "large"; '
+                 f'set that, or reset {key}: {json.dumps(default)}')
+    _require(cfg, "twinflow_adversarial_enabled", not large or cfg.twinflow_adversarial_enabled
+             or cfg.twinflow_group_proportions[ADV_GROUP] == 0, "but the large recipe's adv rows need it "
+             "(twinflow_group_proportions[3] > 0): set twinflow_adversarial_enabled: true, or drop the adv rows "
+             "with twinflow_group_proportions: [1, 1, 1, 0] (the RCGM recipe)")
     _require(cfg, "twinflow_enhanced_ratio", cfg.twinflow_enhanced_ratio == 0 or not cfg.dataset.startswith("toy:"),
              f"needs class labels, but {cfg.dataset} is unconditional; set twinflow_enhanced_ratio: 0.0")
     groups = sum(share > 0 for share in cfg.twinflow_group_proportions)
@@ -356,115 +367,18 @@ def validate(cfg: TrainConfig) -> list[str]:
     return _check_twinflow(cfg) if cfg.twinflow_enabled else []
 
 
-# ---------------------------------------------------------------- command line
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints usage and exits; train.py wants one ConfigError line
-        raise ConfigError(f"command line: {message}")
+
+# ---------------------------------------------------------------- command line (lives in config_cli.py)
+CLI_NAMES = ("ALIASES", "build_parser", "config_table_markdown", "preset_name", "resolve_config")
 
 
-ALIASES = {"--toy": "dataset", "--steps": "max_train_steps", "--batch-size": "train_batch_size",
-           "--lr": "learning_rate", "--out": "output_dir", "--pretrained": "pretrained_model_name_or_path"}
+def __getattr__(name: str):
+    """`from twinflow_min.config import resolve_config` (and the other CLI_NAMES) keeps working.
 
-
-def _default(field):
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
-
-
-def _metavar(key: str) -> str:
-    """INT, FLOAT, LIST, TEXT or the allowed values, with |none where None is allowed (for --help)."""
-    base, optional = _base_type(HINTS[key])
-    choices = FIELDS[key].metadata["choices"]
-    name = "|".join(choices) if choices else "LIST" if typing.get_origin(base) is list else \
-        {int: "INT", float: "FLOAT", str: "TEXT"}[base]
-    return f"{name}|none" if optional else name
-
-
-def build_parser(description: str = "Train TwinFlow.") -> argparse.ArgumentParser:
-    """--config FILE.json and one flag per TrainConfig field, same name; defaults SUPPRESSed (absent = not given)."""
-    parser = _Parser(description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False,
-                     epilog="Booleans: --flag true|false (bare --flag = true). Lists: [1,2,4] or 1,2,4. None: none.")
-    parser.add_argument("--config", metavar="FILE.json", help="JSON config with these keys (SimpleTuner names)")
-    boolean = dict(nargs="?", const="true", metavar="true|false")
-    for key, field in FIELDS.items():
-        text = f"{field.metadata['help']} (default: {json.dumps(_default(field))})".replace("%", "%%")
-        is_bool = _base_type(HINTS[key])[0] is bool
-        parser.add_argument(f"--{key}", help=text, **(boolean if is_bool else dict(metavar=_metavar(key))))
-    aliases = parser.add_argument_group("aliases")
-    for flag, key in ALIASES.items():
-        transform = (lambda name: f"toy:{name}") if flag == "--toy" else str
-        metavar = "NAME" if flag == "--toy" else _metavar(key)
-        aliases.add_argument(flag, dest=key, type=transform, metavar=metavar, help=f"= --{key}"
-                             + (" toy:NAME" if flag == "--toy" else ""))
-    aliases.add_argument("--image-free", dest="twinflow_image_free", help="= --twinflow_image_free true", **boolean)
-    return parser
-
-
-def _parse_flag(key: str, text: str):
-    """A flag's text as the JSON value it stands for; `_coerce` checks its type afterwards."""
-    base, optional = _base_type(HINTS[key])
-    if optional and text.lower() in ("none", "null"):
-        return None
-    if base is bool:
-        return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower(), text)
-    if typing.get_origin(base) is list and not text.lstrip().startswith("["):
-        return [_parse_word(word) for word in text.split(",")]
-    return text if base is str else _parse_word(text)
-
-
-def _parse_word(text: str):
-    for parse in (json.loads, float):  # JSON, then Python's float spellings (".5", "1.")
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    return text  # stays a string: `_coerce` reports the wrong type
-
-
-def _load_json(path: str) -> dict:
-    try:
-        values = json.loads(Path(path).read_text())
-    except OSError as error:
-        raise ConfigError(f"--config {path}: cannot read it ({error.strerror})") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--config {path}: not JSON ({error.msg} at line {error.lineno} column {error.colno})") \
-            from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object {{\"key\": value}}, got {type(values).__name__}")
-    return values
-
-
-def preset_name(flags: dict) -> str:
-    """Preset used without --config: from the dataset flag, else "cifar10" for a pretrained model, else "toy"."""
-    if "dataset" in flags:
-        return "toy" if flags["dataset"].startswith("toy:") else "cifar10"
-    return "cifar10" if flags.get("pretrained_model_name_or_path") else "toy"
-
-
-def resolve_config(argv: list[str] | None = None, description: str = "Train TwinFlow.") -> TrainConfig:
-    """parse -> load JSON (if any) -> check keys and types -> build -> validate; warnings go to `warnings.warn`."""
-    namespace, unknown = build_parser(description).parse_known_args(argv)
-    if unknown:
-        flag = next((word for word in unknown if word.startswith("-")), None)
-        if flag is None:
-            raise ConfigError(f"command line: unexpected value {unknown[0]!r}; every value follows its --flag")
-        raise _unknown_key_error(flag.lstrip("-").split("=")[0], " on the command line", prefix="--")
-    given = vars(namespace)
-    config_path = given.pop("config", None)
-    flags = check_keys_and_types({key: _parse_flag(key, text) for key, text in given.items()}, " on the command line")
-    start = (check_keys_and_types(_load_json(config_path), f" in {config_path}") if config_path is not None
-             else PRESETS[preset_name(flags)])
-    cfg = TrainConfig(**{**start, **flags})
-    for note in validate(cfg):
-        warnings.warn(note, ConfigWarning, stacklevel=2)
-    return cfg
-
-
-def config_table_markdown() -> str:
-    """The README table of every key: key, type, default, meaning."""
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for key, field in FIELDS.items():
-        choices = field.metadata["choices"]
-        kind = " \\| ".join(f'"{choice}"' for choice in choices) if choices else _type_name(HINTS[key])
-        meaning = field.metadata["help"].replace("|", "\\|")
-        rows.append(f"| `{key}` | {kind} | `{json.dumps(_default(field), ensure_ascii=False)}` | {meaning} |")
-    return "\n".join(rows)
+    config_cli imports this module at its top; importing config_cli here only when one of its names is first
+    asked for (PEP 562) means neither module ever runs while the other is half-initialised, in either import order.
+    """
+    if name not in CLI_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from twinflow_min import config_cli
+    return getattr(config_cli, name)
