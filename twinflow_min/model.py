@@ -154,9 +154,10 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
-        qkv = self.qkv(x)  # (B, T, 3D)
         if T == 1:  # one token (vector data): softmax over a single key is 1, attention returns v exactly
-            return self.proj(qkv[..., 2 * D:])  # (B, 1, D)
+            v = functional.linear(x, self.qkv.weight[2 * D:], self.qkv.bias[2 * D:])  # (B, 1, D), q and k unused
+            return self.proj(v)  # (B, 1, D)
+        qkv = self.qkv(x)  # (B, T, 3D)
         q, k, v = qkv.reshape(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         out = functional.scaled_dot_product_attention(q, k, v)  # (B, heads, T, D / heads)
         return self.proj(out.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
@@ -287,7 +288,8 @@ class DiT(nn.Module):
         use_checkpointing = cfg.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             tokens = checkpoint(block, tokens, c, use_reentrant=False) if use_checkpointing else block(tokens, c)
-        out = self.final_layer(tokens, c)  # (B, T, p*p*out_channels)
+        with torch.autocast(x_t.device.type, enabled=False):  # bf16 trunk, float32 head: F leaves in x_t's dtype
+            out = self.final_layer(tokens.to(x_t.dtype), c.to(x_t.dtype))  # (B, T, p*p*out_channels)
         out = out[:, 0] if cfg.data_dim else self.unpatchify(out)  # (B, out_channels) | (B, out_channels, H, W)
         if cfg.learn_sigma:
             out = out[:, : self.out_channels // 2]  # keep the mean (first C channels)
@@ -343,6 +345,7 @@ MODEL_REGISTRY: dict[str, dict] = {
     **{f"SiT-{size}/2": dict(IMAGENET_LATENT, hidden_size=hidden, depth=depth, num_heads=heads,
                              patch_size=2, time_scale=1.0)
        for size, (hidden, depth, heads) in BACKBONE_SIZES.items()},
+    "CIFAR-T/2": dict(CIFAR10_PIXELS, hidden_size=64, depth=2, num_heads=2),  # tiny: smoke tests, CPU runs
     "CIFAR-S/2": dict(CIFAR10_PIXELS, hidden_size=256, depth=8, num_heads=4),
     "CIFAR-B/2": dict(CIFAR10_PIXELS, hidden_size=384, depth=12, num_heads=6),
     "toy": dict(data_dim=2, num_classes=0, hidden_size=64, depth=2, num_heads=4, mlp_ratio=4.0),
