@@ -94,7 +94,8 @@ def test_toy_preset_without_config():
     cfg = resolve_config([])
     assert cfg.dataset == "toy:moons" and cfg.model == "toy"
     assert (cfg.twinflow_enabled, cfg.twinflow_adversarial_enabled, cfg.twinflow_enhanced_ratio) == (True, True, 0.0)
-    assert (cfg.train_batch_size, cfg.use_ema, cfg.validation_every, cfg.checkpointing_steps) == (256, True, 0, 0)
+    assert (cfg.train_batch_size, cfg.use_ema, cfg.validation_every, cfg.checkpointing_steps) == (96, True, 0, 500)
+    assert (cfg.max_train_steps, cfg.learning_rate, cfg.lr_schedule) == (2000, 2e-3, "cosine")
     assert resolve_config(["--toy", "spirals"]).dataset == "toy:spirals"
 
 

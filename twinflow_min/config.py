@@ -162,8 +162,9 @@ HINTS = typing.get_type_hints(TrainConfig)
 PRESETS: dict[str, dict] = {
     "toy": dict(dataset="toy:moons", model="toy", twinflow_enabled=True, twinflow_adversarial_enabled=True,
                 twinflow_enhanced_ratio=0.0,  # the toy is unconditional: no labels, no CFG to bake in
-                train_batch_size=256, use_ema=True, ema_decay=0.99, learning_rate=1e-3, max_train_steps=5000,
-                validation_every=0, checkpointing_steps=0),
+                # tuned on a 2-core CPU: ~1.5 min, 1-NFE energy distance 0.0011-0.0015 over training seeds 0-2
+                train_batch_size=96, use_ema=True, ema_decay=0.99, learning_rate=2e-3, lr_schedule="cosine",
+                max_train_steps=2000, validation_every=0, checkpointing_steps=500),
     "cifar10": dict(dataset="cifar10", model="CIFAR-S/2", twinflow_enabled=True, twinflow_adversarial_enabled=True,
                     twinflow_enhanced_ratio=0.5, train_batch_size=128, learning_rate=1e-4,
                     mixed_precision="no",  # train.py may choose bf16 on CUDA
