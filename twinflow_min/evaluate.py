@@ -21,6 +21,7 @@ from twinflow_min.sampler import preset_for_nfe, ucgm_sample
 
 # A 50-step Euler ODE on the instantaneous velocity (mul style, no re-noising): the "multi-step" reference.
 ODE_STEPS = 50
+TOY_EVAL_SEED = 777  # seed of the toy evaluation's noise, sampler noise and reference data (any fixed value)
 ODE_OPTIONS = dict(steps=ODE_STEPS, style="mul", stochastic_ratio=0.0, boundary_gaps=(0.0, 0.0))
 
 

@@ -107,10 +107,15 @@ class TrajectoryLog:
 
     def add(self, inputs: dict, options: dict) -> None:
         t, t_tgt = inputs["t"][: self.per_call], inputs["t_tgt"][: self.per_call]
-        rows_t, rows_tgt = [t], [t_tgt]
-        if options.get("recipe", "tutorial") == "tutorial" and options.get("adversarial_enabled", True):
-            rows_t.append(-t)  # L_adv queries F(x_fake_t, -t, -t) (reference §2.4)
-            rows_tgt.append(-t)
+        rows_t, rows_tgt = [t], [t_tgt]  # L_base rows (the large recipe's t already carries the adv rows' sign)
+        if options.get("recipe", "tutorial") == "tutorial":
+            if options.get("realvel_weight", 1.0) > 0:
+                rows_t.append(t)  # L_realvel queries F(x_t, t, t) (reference §2.2)
+                rows_tgt.append(t)
+            if options.get("adversarial_enabled", True):
+                one = t[:1]
+                rows_t += [torch.ones_like(one), -t]  # F(z, 1, 0) and L_adv's F(x_fake_t, -t, -t) (§2.3-2.4)
+                rows_tgt += [torch.zeros_like(one), -t]
         self.t.append(torch.cat(rows_t).float().cpu())
         self.t_tgt.append(torch.cat(rows_tgt).float().cpu())
         self.count += sum(r.numel() for r in rows_t)
@@ -120,7 +125,7 @@ class TrajectoryLog:
 
     def write(self, path: Path) -> Path:
         return trajectory_map_png(path, torch.cat(self.t), torch.cat(self.t_tgt),
-                                  title=f"trained (t, t_tgt) pairs: {self.count} rows")
+                                  title=f"(t, t_tgt) of the rows trained with gradient ({self.count} shown)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,7 +158,8 @@ class ToyData:
         scatter_png(path, panels, title=f"{self.name}: validation samples")
 
     def final_evaluation(self, model, nfes, run_dir: Path, cfg: TrainConfig) -> dict:
-        return evaluate.evaluate_toy(model, self.name, num=self.eval_samples, seed=cfg.seed + 777,
+        # fixed evaluation draws: runs with different training seeds are scored on the same noise and data
+        return evaluate.evaluate_toy(model, self.name, num=self.eval_samples, seed=evaluate.TOY_EVAL_SEED,
                                      device=self.device, out_dir=run_dir)
 
 
