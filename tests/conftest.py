@@ -4,6 +4,7 @@ Tests run on CPU, in float64 where they pin math. Data under ../shared (real CIF
 is only there on the developers' machines: tests that use it skip with a reason elsewhere.
 """
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
+if str(REPO_ROOT) not in sys.path:  # train.py / sample.py are importable with plain `pytest` too
+    sys.path.insert(0, str(REPO_ROOT))
 
 
 @pytest.fixture(autouse=True)

@@ -275,6 +275,7 @@ def trajectories_png(path, trajectories, *, title: str | None = None, size: int 
         extent = max(float(np.abs(finite).max()) * 1.05 if finite.size else 1.0, 1e-6)
         limits = (-extent, extent)
     image, axes_list = square_panels([label for label, _ in trajectories], size, limits, title)
+    background = image.copy()
     draw, ends, legends = ImageDraw.Draw(image, "RGBA"), [], []  # RGBA fills blend: overlapping paths darken
     for k, (array, axes) in enumerate(zip(arrays, axes_list)):
         colour, good = PALETTE[k % len(PALETTE)], np.isfinite(array).all(axis=(0, 2))  # good: (N,)
@@ -286,10 +287,18 @@ def trajectories_png(path, trajectories, *, title: str | None = None, size: int 
         ends.append((coords[0], coords[-1], colour))
         legends.append([("start", START_COLOUR), (f"end ({int(good.sum())} paths)", colour)]
                        + ([(f"non-finite: {int((~good).sum())}", FRAME)] if (~good).any() else []))
+    # clip: lines that leave a plot box are cut at its edge (everything outside the boxes is restored)
+    inside_boxes = Image.new("L", image.size, 0)
+    for axes in axes_list:
+        ImageDraw.Draw(inside_boxes).rectangle([axes.left, axes.top, axes.left + axes.width - 1,
+                                                axes.top + axes.height - 1], fill=255)
+    image = Image.composite(image, background, inside_boxes)
     canvas = np.array(image)  # (H, W, 3) uint8
-    for start, end, colour in ends:
-        stamp(canvas, start[:, 0], start[:, 1], START_COLOUR, 1, 0.8)
-        stamp(canvas, end[:, 0], end[:, 1], colour, 1, 0.9)
+    for (start, end, colour), axes in zip(ends, axes_list):
+        for points, dot_colour, alpha in ((start, START_COLOUR, 0.8), (end, colour, 0.9)):
+            inside = ((points[:, 0] >= axes.left) & (points[:, 0] <= axes.left + axes.width - 1)
+                      & (points[:, 1] >= axes.top) & (points[:, 1] <= axes.top + axes.height - 1))
+            stamp(canvas, points[inside, 0], points[inside, 1], dot_colour, 1, alpha)
     image = Image.fromarray(canvas)
     for axes, entries in zip(axes_list, legends):
         axes.draw_frame(image)

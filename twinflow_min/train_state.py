@@ -36,6 +36,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not match the run that wants to resume from it."""
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once (os.umask can only be read by setting it)
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through `write(tmp_path)` into a temporary file beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +47,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
