@@ -80,9 +80,12 @@ def make_run_dir(cfg: TrainConfig) -> Path:
     if cfg.resume:
         path = Path(cfg.resume)
         return path.parent if path.is_file() else path
-    name = cfg.run_name or cfg.dataset.replace(":", "-").replace("/", "_").replace("\\", "_")
-    if cfg.twinflow_image_free:
-        name = f"{name}-image-free"
+    if cfg.run_name:
+        name = cfg.run_name
+    elif cfg.twinflow_image_free and cfg.pretrained_model_name_or_path:  # no dataset: name it after the model
+        name = f"{Path(cfg.pretrained_model_name_or_path).stem}-image-free"
+    else:
+        name = cfg.dataset.replace(":", "-").replace("/", "_").replace("\\", "_")
     base = Path(cfg.output_dir) / name
     path, index = base, 1
     while path.exists() and any(path.iterdir()):
