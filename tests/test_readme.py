@@ -1,0 +1,23 @@
+"""The README stays true: its quick start is the two commands, its key table is generated from TrainConfig."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_readme_config_table_is_current():
+    """The README's key table is generated from TrainConfig; a new or changed key must update it."""
+    from twinflow_min.config import config_table_markdown
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- config table")
+    block = readme[readme.index("\n", start) + 1: readme.index("<!-- end of config table")].strip()
+    assert block == config_table_markdown().strip()
+
+
+def test_readme_quick_start_is_the_two_commands():
+    readme = (REPO / "README.md").read_text()
+    quick = readme[readme.index("## Quick start"):]
+    commands = quick[quick.index("```bash") + 7: quick.index("```", quick.index("```bash") + 7)].strip().splitlines()
+    assert commands == ["pip install -r requirements.txt && python train.py --toy moons", "python -m pytest"]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "pip install -q -r requirements.txt" in ci and "python3 -m pytest" in ci
