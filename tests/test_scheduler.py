@@ -8,24 +8,10 @@ Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data.
 import pytest
 import torch
 
+from test_sampler import TinyModel
 from twinflow_min.sampler import TwinFlowScheduler, preset_for_nfe, ucgm_sample, ucgm_time_grid
 
 F64 = torch.float64
-
-
-class TinyModel(torch.nn.Module):
-    """A small nonlinear per-sample velocity model with the model(x_t, t, t_tgt, y) signature."""
-
-    def __init__(self, dim: int, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.weight = torch.nn.Parameter(0.5 * torch.randn(dim, dim, generator=g, dtype=F64))
-        self.time = torch.nn.Parameter(torch.randn(3, dim, generator=g, dtype=F64))
-
-    def forward(self, x_t, t, t_tgt, y=None):
-        flat = x_t.flatten(1)  # (B, D)
-        w, c = self.weight.to(x_t.dtype), self.time.to(x_t.dtype)
-        return (torch.tanh(flat @ w + t[:, None] * c[0] + t_tgt[:, None] * c[1]) + c[2]).reshape(x_t.shape)
 
 
 def gen(seed):
