@@ -189,39 +189,54 @@ def test_sample_py_round_trip_and_per_seed_determinism(tmp_path):
     assert Image.open(png).size[0] > 100
 
 
-def test_config_errors_through_main_are_one_line(tmp_path, capsys):
-    cases = {
-        "prediction_type": {"twinflow_enabled": True, "prediction_type": "epsilon"},
-        "use_ema": {"twinflow_enabled": True, "use_ema": False},
-        "distillation_method": {"twinflow_enabled": True, "distillation_method": "dmd"},
-        "twinflow_estimate_ordr": {"twinflow_estimate_ordr": 2},
-        "twinflow_delta_t": {"twinflow_enabled": True, "twinflow_delta_t": 0.7},
-        "model_type": {"model_type": "lora"},
-        "learning_rate": {"learning_rate": "fast"},
-    }
-    for key, values in cases.items():
-        path = tmp_path / f"{key}.json"
+# Every refusal of issue #4, each as a JSON file: {key the one-line message must name: file contents}.
+CONFIG_ERRORS = {
+    "prediction_type": {"twinflow_enabled": True, "prediction_type": "epsilon"},
+    "use_ema": {"twinflow_enabled": True, "use_ema": False},
+    "distillation_method": {"twinflow_enabled": True, "distillation_method": "dmd"},
+    "twinflow_estimate_ordr": {"twinflow_estimate_ordr": 2},  # unknown key (the message suggests the right one)
+    "learning_rate": {"learning_rate": "fast"},  # wrong type
+    "twinflow_estimate_order": {"twinflow_enabled": True, "twinflow_estimate_order": 0},
+    "twinflow_target_step_count": {"twinflow_enabled": True, "twinflow_target_step_count": 9},
+    "twinflow_delta_t": {"twinflow_enabled": True, "twinflow_delta_t": 0.7},
+    "twinflow_rectify_weight": {"twinflow_enabled": True, "twinflow_rectify_weight": -1.0},
+    "ema_decay": {"ema_decay": 1.5},
+    "gradient_accumulation_steps": {"gradient_accumulation_steps": 0},
+    "model_type": {"model_type": "lora"},
+}
+NEGATIVE_LEARNING_RATE = {"learning_rate": -1e-4}  # same key as the wrong type: checked on its own
+
+
+def write_error_configs(folder: Path) -> list[tuple[str, Path]]:
+    cases = list(CONFIG_ERRORS.items()) + [("learning_rate", NEGATIVE_LEARNING_RATE)]
+    paths = []
+    for index, (key, values) in enumerate(cases):
+        path = folder / f"bad-{index}-{key}.json"
         path.write_text(json.dumps(values))
+        paths.append((key, path))
+    return paths
+
+
+def test_config_errors_through_main_are_one_line(tmp_path, capsys):
+    for key, path in write_error_configs(tmp_path):
         with pytest.raises(SystemExit) as stopped:
-            train.main(["--config", str(path)])
-        assert stopped.value.code == 2
+            train.main(["--config", str(path), "--output_dir", str(tmp_path / "runs")])
+        assert stopped.value.code == 2, key
         err = capsys.readouterr().err.strip()
         assert key in err and "\n" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()  # refused before any work started
 
 
 def test_config_errors_through_the_cli(tmp_path):
     """The same refusals as a person sees them: `python train.py --config bad.json`, exit code 2, one line."""
-    cases = {"use_ema": {"twinflow_enabled": True, "use_ema": False},
-             "prediction_type": {"twinflow_enabled": True, "prediction_type": "v_prediction"},
-             "twinflow_target_step_count": {"twinflow_enabled": True, "twinflow_target_step_count": 9}}
     processes = {}
-    for key, values in cases.items():
-        path = tmp_path / f"{key}.json"
-        path.write_text(json.dumps(values))
-        processes[key] = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(path)],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    for key, process in processes.items():
-        out, err = process.communicate(timeout=120)
-        assert process.returncode == 2, (key, out, err)
+    for key, path in write_error_configs(tmp_path):
+        processes[path] = key, subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), "--config", str(path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    for path, (key, process) in processes.items():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 2, (path.name, out, err)
         assert key in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "outputs").exists()
 
