@@ -6,7 +6,7 @@ Paper: TwinFlow (arXiv:2512.05150). The loss is `twinflow_min.twinflow.twinflow_
 
 Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake branch.
 
-    python train.py --toy moons                                   # ~1 minute on a 2-core CPU
+    python train.py --toy moons                                   # 1-1.5 minutes on a 2-core CPU
     python train.py --dataset cifar10 --data cifar-10-python.tar.gz
     python train.py --config my_simpletuner_config.json --max_train_steps 3
     python train.py --pretrained sit-b-2.safetensors --image-free

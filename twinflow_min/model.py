@@ -348,7 +348,7 @@ MODEL_REGISTRY: dict[str, dict] = {
     "CIFAR-T/2": dict(CIFAR10_PIXELS, hidden_size=64, depth=2, num_heads=2),  # tiny: smoke tests, CPU runs
     "CIFAR-S/2": dict(CIFAR10_PIXELS, hidden_size=256, depth=8, num_heads=4),
     "CIFAR-B/2": dict(CIFAR10_PIXELS, hidden_size=384, depth=12, num_heads=6),
-    # 2-D toy: same blocks, one token; sized so `python train.py --toy moons` runs in about a minute on 2 CPU cores
+    # 2-D toy: same blocks, one token; sized so `python train.py --toy moons` trains in 1-1.5 minutes on 2 CPU cores
     "toy": dict(data_dim=2, num_classes=0, hidden_size=64, depth=2, num_heads=4, mlp_ratio=2.0),
 }
 
