@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     figure.save(figure_path)
 
     lines = [f"Energy distance to fresh `{args.toy}` data (4,000 samples each, lower is better; two independent "
-             f"data draws give 0.0002-0.0016, mean 0.0007, over 10 seeds).", "", "| method | " + " | ".join(c for c, _ in COLUMNS) + " |",
-             "|---|" + "---|" * len(COLUMNS)]
+             f"data draws give 0.0002-0.0016, mean 0.0007, over 10 seeds).", "",
+             "| method | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for method, summary in results.items():
         lines.append(f"| {method} | " + " | ".join(f"{summary[key]:.4f}" for _, key in COLUMNS) + " |")
     table = "\n".join(lines)
