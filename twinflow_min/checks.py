@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 INT64_MAX = 2**63 - 1  # the largest seed or count a torch tensor / generator can hold
 
 
@@ -34,3 +36,40 @@ def is_int(value) -> bool:
 def is_count(value, *, minimum: int = 1) -> bool:
     """True for an integer in [minimum, INT64_MAX]: a batch size, a step count, a number of samples."""
     return is_int(value) and minimum <= value <= INT64_MAX
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what a device name may start with, besides "auto"
+
+
+def available_devices() -> list[str]:
+    """The devices this machine has, e.g. ['cpu', 'cuda:0', 'cuda:1'] (for error messages and `auto`)."""
+    names = ["cpu"]
+    names += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        names += [f"xpu:{index}" for index in range(torch.xpu.device_count())]
+    return names
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when present, else cpu; otherwise the named device if this machine has it.
+
+    Raises ValueError with one line that lists the devices this machine has, for a malformed name
+    ('gpu', 'cuda:x') or a device that is not here ('cuda' without CUDA, 'mps' off a Mac, 'cuda:3' of 2).
+    """
+    have = available_devices()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = name.partition(":")
+    well_formed = kind in DEVICE_TYPES and (index == "" or index.isdigit())
+    if not well_formed:
+        raise ValueError(f"device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps "
+                         f"(this machine has: {', '.join(have)})")
+    wanted = name if index or kind == "mps" else f"{kind}:0"
+    if kind == "cpu":
+        wanted = "cpu"
+    if wanted not in have:
+        raise ValueError(f"device {name!r} is not on this machine (it has: {', '.join(have)}); "
+                         f"use --device auto or one of those")
+    return torch.device(name)
