@@ -21,6 +21,9 @@ from twinflow_min.data import (TOY_DATASETS, ImageBatches, images_to_uint8, load
 GRID = (np.arange(100_000) + 0.5) / 100_000  # midpoint rule on u in (0, 1): error < 1e-7 for these maps
 
 
+_GRID25_RAW = np.array([(i, j) for j in range(-2, 3) for i in range(-2, 3)], dtype=float)  # (25, 2)
+
+
 def _quadrature_moments(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Raw per-coordinate mean and std by numerical integration over each definition's parameters
     (independent of the closed forms in data.py); noise variances added as sd^2."""
@@ -46,6 +49,8 @@ def _quadrature_moments(name: str) -> tuple[np.ndarray, np.ndarray]:
         theta = 3 * math.pi * np.sqrt(GRID)
         arm = np.stack([-theta * np.cos(theta), theta * np.sin(theta)], 1)
         parts, noise = [arm, -arm], D.SPIRAL_NOISE
+    elif name == "grid25":  # 25 centres (i, j) for i, j in {-2, ..., 2}, sd 0.1
+        parts, noise = [_GRID25_RAW], 0.1
     else:  # swissroll: theta = 1.5 pi (1 + 2u), (theta cos, theta sin)
         theta = 1.5 * math.pi * (1 + 2 * GRID)
         parts, noise = [theta[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)], D.SWISSROLL_NOISE
@@ -146,6 +151,50 @@ def test_swissroll_radius_grows_with_angle():
     residual = np.remainder(r - phi + math.pi, 2 * math.pi) - math.pi  # r = theta, phi = theta mod 2 pi
     assert np.median(np.abs(residual)) < 0.5  # uniform points would give pi / 2
     assert r.min() > 1.5 * math.pi - 2.5 and r.max() < 4.5 * math.pi + 2.5  # 5 noise sd
+
+
+def test_grid25_twenty_five_modes():
+    p = _raw("grid25", 20_000)
+    k = np.argmin(((p[:, None, :] - _GRID25_RAW[None]) ** 2).sum(-1), 1)  # nearest centre
+    counts = np.bincount(k, minlength=25)
+    assert np.all(np.abs(counts - 800) < 150)  # binomial sd sqrt(20000 * 1/25 * 24/25) = 27.7
+    assert np.hypot(*(p - _GRID25_RAW[k]).T).max() < 6 * 0.1  # P(2-D radius > 6 sd) = exp(-18)
+    assert np.hypot(*(p - _GRID25_RAW[k]).T).std() > 0.03  # the modes have width (Rayleigh sd 0.066)
+
+
+def _mode_centres_by_hand(name: str) -> np.ndarray:
+    """Raw centres (K, 2) written out here, standardised by the quadrature moments."""
+    if name == "8gaussians":
+        angles = np.arange(8) * math.pi / 4
+        raw = 4 * np.stack([np.cos(angles), np.sin(angles)], 1)
+    else:
+        raw = _GRID25_RAW
+    mean, std = _quadrature_moments(name)
+    return (raw - mean) / std
+
+
+@pytest.mark.parametrize("name, modes, sd", [("8gaussians", 8, 0.5), ("grid25", 25, 0.1)])
+def test_toy_mode_centres_in_sample_units(name, modes, sd):
+    centres = D.toy_mode_centres(name)
+    assert centres.shape == (modes, 2) and centres.dtype == torch.float32
+    np.testing.assert_allclose(centres.double().numpy(), _mode_centres_by_hand(name), atol=1e-6)
+    mode_sd = np.asarray(D.toy_mode_std(name))
+    np.testing.assert_allclose(mode_sd, sd / _quadrature_moments(name)[1], rtol=1e-6)
+    x = sample_toy(name, 20_000, torch.Generator().manual_seed(5))  # (n, 2), standardised
+    nearest = torch.cdist(x.double(), centres.double()).argmin(1)  # (n,)
+    counts = torch.bincount(nearest, minlength=modes).double()
+    assert (counts / 20_000 - 1 / modes).abs().max() < 0.015  # binomial sd <= 0.0024
+    offsets = (x.double() - centres.double()[nearest]).numpy() / mode_sd  # in units of the mode sd
+    np.testing.assert_allclose(offsets.mean(0), 0, atol=0.05)  # standard error 0.007
+    np.testing.assert_allclose(offsets.std(0), 1, atol=0.05)
+
+
+def test_toy_mode_centres_refuse_toys_without_modes():
+    for name in ("moons", "checkerboard", "banana"):
+        with pytest.raises(ValueError, match="no discrete modes.*8gaussians, grid25"):
+            D.toy_mode_centres(name)
+        with pytest.raises(ValueError, match="no discrete modes"):
+            D.toy_mode_std(name)
 
 
 def test_toy_errors():

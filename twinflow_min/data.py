@@ -29,13 +29,13 @@ from torch import Tensor
 
 from twinflow_min.cifar import CIFAR10_CLASSES, UnsafePickleError, is_cifar10, load_cifar10
 
-__all__ = ["TOY_DATASETS", "sample_toy", "CIFAR10_CLASSES", "UnsafePickleError", "load_cifar10",
-           "load_image_folder", "load_latents", "load_dataset", "ImageBatches", "images_to_uint8",
-           "uint8_to_images"]
+__all__ = ["TOY_DATASETS", "sample_toy", "toy_mode_centres", "toy_mode_std", "CIFAR10_CLASSES",
+           "UnsafePickleError", "load_cifar10", "load_image_folder", "load_latents", "load_dataset",
+           "ImageBatches", "images_to_uint8", "uint8_to_images"]
 
 # ==================== Toy 2-D distributions (issue #3) ============================================
 
-TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "spirals", "swissroll")
+TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "spirals", "swissroll", "grid25")
 
 # Shapes in raw units, before standardising. Sources: sklearn make_moons / make_circles / make_swiss_roll and
 # FFJORD lib/toy_data.py (its "circles" uses factor 0.5, noise 0.08; "8gaussians" centres at scale 4, sd 0.5;
@@ -46,6 +46,9 @@ GAUSSIANS_RADIUS, GAUSSIANS_STD, GAUSSIANS_MODES = 4.0, 0.5, 8
 CHECKERBOARD_HALF_WIDTH = 2.0
 SPIRAL_MAX_ANGLE, SPIRAL_NOISE = 3 * math.pi, 0.3
 SWISSROLL_ANGLES, SWISSROLL_NOISE = (1.5 * math.pi, 4.5 * math.pi), 0.5
+# "grid25": 5 x 5 equally likely Gaussians at spacing * {-2, -1, 0, 1, 2}^2, sd 0.1 (10 sd between
+# neighbours), the many-mode toy of the mode-coverage experiment (issue 17)
+GRID_SIDE, GRID_SPACING, GRID_STD = 5, 1.0, 0.1
 
 
 def _toy_moments() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
@@ -70,6 +73,9 @@ def _toy_moments() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]
         "swissroll": ((2.0, 2 / (3 * pi)),
                       (math.sqrt(swiss_square / 2 - 0.25 - 2.0 ** 2 + SWISSROLL_NOISE ** 2),
                        math.sqrt(swiss_square / 2 + 0.25 - (2 / (3 * pi)) ** 2 + SWISSROLL_NOISE ** 2))),
+        # centre coordinate uniform on spacing * {-(m-1)/2, ..., (m-1)/2}: Var = spacing^2 (m^2 - 1) / 12
+        "grid25": ((0.0, 0.0),
+                   (math.sqrt(GRID_SPACING ** 2 * (GRID_SIDE ** 2 - 1) / 12 + GRID_STD ** 2),) * 2),
     }
 
 
@@ -108,7 +114,23 @@ def _raw_toy(name: str, n: int, generator: torch.Generator) -> Tensor:
     if name == "swissroll":  # sklearn make_swiss_roll, (x, z) plane: r = theta
         theta = SWISSROLL_ANGLES[0] + (SWISSROLL_ANGLES[1] - SWISSROLL_ANGLES[0]) * uniform()  # (n,)
         return theta[:, None] * torch.stack([theta.cos(), theta.sin()], 1) + noise(SWISSROLL_NOISE)
+    if name == "grid25":  # mode k = 5 row + column, each of the 25 equally likely
+        mode = torch.randint(GRID_SIDE ** 2, (n,), generator=generator)  # (n,)
+        return _raw_mode_centres(name)[mode] + noise(GRID_STD)
     raise AssertionError(name)
+
+
+def _raw_mode_centres(name: str) -> Tensor:
+    """The K mode centres (K, 2) float64 of a many-mode toy, in raw units (before standardising)."""
+    if name == "8gaussians":  # R (cos, sin)(2 pi k / 8), k = 0..7
+        theta = torch.arange(GAUSSIANS_MODES, dtype=torch.float64) * (2 * math.pi / GAUSSIANS_MODES)
+        return GAUSSIANS_RADIUS * torch.stack([theta.cos(), theta.sin()], 1)  # (8, 2)
+    ticks = GRID_SPACING * (torch.arange(GRID_SIDE, dtype=torch.float64) - (GRID_SIDE - 1) / 2)
+    row, column = torch.meshgrid(ticks, ticks, indexing="ij")  # (5, 5) each
+    return torch.stack([column.reshape(-1), row.reshape(-1)], 1)  # (25, 2), mode k = 5 row + column
+
+
+MODE_TOYS = ("8gaussians", "grid25")  # the toys made of discrete Gaussian modes
 
 
 def sample_toy(name: str, n: int, generator: torch.Generator) -> Tensor:
@@ -125,6 +147,34 @@ def sample_toy(name: str, n: int, generator: torch.Generator) -> Tensor:
         raise TypeError("generator must be a CPU torch.Generator, e.g. torch.Generator().manual_seed(0)")
     mean, std = (torch.tensor(v, dtype=torch.float64) for v in TOY_MOMENTS[name])
     return ((_raw_toy(name, n, generator) - mean) / std).float()  # (n, 2)
+
+
+def _check_mode_toy(name: str) -> None:
+    if name not in MODE_TOYS:
+        raise ValueError(f"toy {name!r} has no discrete modes; mode centres exist for "
+                         f"{', '.join(MODE_TOYS)}")
+
+
+def toy_mode_centres(name: str) -> Tensor:
+    """The mode centres (K, 2) float32 of a many-mode toy, in the standardised units of `sample_toy`.
+
+    K = 8 for "8gaussians" (angle 2 pi k / 8, k = 0..7), K = 25 for "grid25" (mode k = 5 row + column,
+    row and column counted from the most negative coordinate; x follows the column). Every mode has
+    weight 1 / K and per-coordinate sd `toy_mode_std(name)`. Raises ValueError for the other toys.
+    """
+    _check_mode_toy(name)
+    mean, std = (torch.tensor(v, dtype=torch.float64) for v in TOY_MOMENTS[name])
+    return ((_raw_mode_centres(name) - mean) / std).float()  # (K, 2)
+
+
+def toy_mode_std(name: str) -> tuple[float, float]:
+    """Per-coordinate sd (x, y) of each Gaussian mode of `name`, in the units of `toy_mode_centres`.
+
+    Raises ValueError for toys without discrete modes.
+    """
+    _check_mode_toy(name)
+    sd = GAUSSIANS_STD if name == "8gaussians" else GRID_STD
+    return tuple(sd / s for s in TOY_MOMENTS[name][1])
 
 
 # ==================== Image class folders (issue #5) ==============================================
