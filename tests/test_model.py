@@ -5,6 +5,8 @@ Math-pinning tests run in float64 on tiny models whose weights are randomised fr
 (a freshly built DiT outputs exactly zero: adaLN-Zero and a zero final layer).
 """
 
+import ast
+import inspect
 import math
 
 import numpy as np
@@ -13,8 +15,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from twinflow_min.model import (MODEL_REGISTRY, Attention, DiT, DiTConfig, build_model, config_from_metadata,
-                                config_to_metadata, count_parameters)
+from twinflow_min import model as module
+from twinflow_min.model import (MODEL_REGISTRY, Attention, DiffusionAsFlow, DiT, DiTConfig,
+                                SiTTimeFlip, build_model, config_from_metadata, config_to_metadata,
+                                count_parameters, model_from_config)
 
 TWINFLOW_KEYS = {"t_tgt_embedder.mlp.0.weight", "t_tgt_embedder.mlp.0.bias", "t_tgt_embedder.mlp.2.weight",
                  "t_tgt_embedder.mlp.2.bias", "t_sign_embedder.weight"}
@@ -31,7 +35,7 @@ def randomise(model: torch.nn.Module, seed: int = 0, std: float = 0.2, skip: tup
 
 
 def tiny_model(seed: int = 0, **overrides) -> DiT:
-    model = DiT(DiTConfig(**{**TINY, **overrides})).double()
+    model = model_from_config(DiTConfig(**{**TINY, **overrides})).double()
     randomise(model, seed)
     return model.eval()
 
@@ -245,6 +249,62 @@ def test_gradient_checkpointing_same_values_and_gradients():
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("overrides, wrapper", [
+    (dict(time_convention="sit"), SiTTimeFlip),
+    (dict(prediction_type="epsilon", time_scale=1000.0), DiffusionAsFlow),
+    (dict(prediction_type="v_prediction"), DiffusionAsFlow),
+])
+def test_wrappers_keep_the_plain_keys_and_only_the_plain_dit_is_plain(overrides, wrapper):
+    """The SiT flip and the diffusion bridge are subclasses with DiT's exact state-dict keys; the
+    plain DiT refuses a config it would not translate, and each wrapper refuses the others'."""
+    model = tiny_model(**overrides)
+    plain = tiny_model()
+    assert type(model) is wrapper and type(plain) is DiT
+    assert list(model.state_dict()) == list(plain.state_dict())
+    assert type(build_model("SiT-S/2", **overrides)) is wrapper
+    with pytest.raises(ValueError, match="model_from_config"):
+        DiT(DiTConfig(**{**TINY, **overrides}))
+    with pytest.raises(ValueError, match="model_from_config"):
+        wrapper(DiTConfig(**TINY))
+
+
+def test_diffusion_wrapper_is_the_ddpm_network_on_the_rescaled_input():
+    """F = z_hat - x_hat of an epsilon network fed x_ddpm = x_t / sqrt((1-t)^2 + t^2) at its DDPM
+    index, written out here in float64 from the DDPM formulas (docs/math.md#diffusion-bridge)."""
+    model = tiny_model(prediction_type="epsilon", time_scale=1000.0)
+    net = tiny_model(time_scale=1.0)  # the same network, fed the DDPM index by hand
+    net.load_state_dict(model.state_dict())
+    x_t, _, y = tiny_inputs(model)
+    t = torch.tensor([0.3, -0.6, 0.45], dtype=torch.float64)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    log_table = -np.log(np.cumprod(1 - betas))
+    alpha_bar = (1 - t.abs()) ** 2 / ((1 - t.abs()) ** 2 + t ** 2)  # (B,)
+    index = torch.from_numpy(np.interp(-np.log(alpha_bar.numpy()), log_table, np.arange(1000.0)))
+    scale = (alpha_bar.sqrt() + (1 - alpha_bar).sqrt())[:, None, None, None]
+    x_ddpm = x_t * scale
+    captured = {}
+    with torch.no_grad():
+        handle = net.t_embedder.register_forward_pre_hook(
+            lambda module, args: captured.setdefault("time", args[0]))
+        net.network_time = lambda time: index  # the DDPM index, computed above
+        epsilon = net(x_ddpm, t, None, y)  # signed t: the fake branch keeps its sign row
+        handle.remove()
+        torch.testing.assert_close(captured["time"], index, rtol=0, atol=0)
+        root_a = alpha_bar.sqrt()[:, None, None, None]
+        root_b = (1 - alpha_bar).sqrt()[:, None, None, None]
+        expected = epsilon - (x_ddpm - root_b * epsilon) / root_a
+        torch.testing.assert_close(model(x_t, t, t, y), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_no_import_inside_a_function():
+    """Issue 12: imports sit at the top of model.py, none inside a function (forward included)."""
+    tree = ast.parse(inspect.getsource(module))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            nested = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+            assert not nested, f"import inside {node.name}"
+
+
 # ------------------------------------------------------------------------------------------- metadata
 def test_metadata_round_trip(tmp_path):
     model = tiny_model(learn_sigma=True, time_scale=1000.0, time_convention="sit")
@@ -255,7 +315,7 @@ def test_metadata_round_trip(tmp_path):
         config = config_from_metadata(handle.metadata())
         state = {key: handle.get_tensor(key) for key in handle.keys()}
     assert config == model.config
-    rebuilt = DiT(config).double()
+    rebuilt = model_from_config(config).double()
     rebuilt.load_state_dict(state, strict=True)
     x_t, t, y = tiny_inputs(model)
     torch.testing.assert_close(rebuilt(x_t, t, t / 3, y), model(x_t, t, t / 3, y), rtol=0, atol=0)

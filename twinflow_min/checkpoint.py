@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from safetensors import safe_open
 
-from twinflow_min.model import BACKBONE_SIZES, DiT, DiTConfig, METADATA_KEY, config_from_metadata
+from twinflow_min.checks import CheckpointError
+from twinflow_min.model import (BACKBONE_SIZES, METADATA_KEY, DiT, DiTConfig, config_from_metadata,
+                                model_from_config)
 from twinflow_min.train_state import FORMAT_KEY, FORMAT_VERSION
 
 TWINFLOW_PREFIXES = ("t_tgt_embedder.", "t_sign_embedder.")  # new in TwinFlow: allowed to be missing
@@ -39,10 +41,6 @@ META_TIME_CONVENTION = "twinflow_min.time_convention"
 META_PREDICTION_TYPE = "twinflow_min.prediction_type"
 META_TIME_SCALE = "twinflow_min.time_scale"
 META_ARCHITECTURE = "twinflow_min.architecture"
-
-
-class CheckpointError(ValueError):
-    """A weights file that cannot be loaded; the message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -161,7 +159,7 @@ def _make_config(fields: dict) -> DiTConfig:
 def expected_shapes(config: DiTConfig) -> dict[str, tuple]:
     """State-dict shapes of our DiT for `config`, built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
-        return {key: tuple(value.shape) for key, value in DiT(config).state_dict().items()}
+        return {key: tuple(value.shape) for key, value in model_from_config(config).state_dict().items()}
 
 
 def audit_keys(expected: dict[str, tuple], found: dict[str, tuple], path: str) -> list[str]:
@@ -260,7 +258,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype = torch.float
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        model = DiT(config)
+        model = model_from_config(config)
     state = {}
     with safe_open(path, framework="pt") as handle:
         for model_key, file_key in key_map.items():

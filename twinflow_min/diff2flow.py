@@ -102,16 +102,33 @@ def flow_time_to_ddpm(t_abs: Tensor, alphas_cumprod: Tensor) -> tuple[Tensor, Te
     """
     t_abs = _check_t_abs(t_abs)
     _check_table(alphas_cumprod)
+    return _ddpm_index(t_abs, alphas_cumprod), ddpm_input_scale(t_abs)
+
+
+def _ddpm_index(t_abs: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Fractional DDPM index of |t| (B,) in t's dtype, computed in float64 whatever t's dtype.
+
+    In float32 the differences of -log(alpha_bar) near index 0 (about 1e-4 apart) lose about 4 digits
+    to cancellation, which moved the index of a float32 t by up to 5e-4 of a step.
+    """
+    wide = torch.float64
+    t_wide = t_abs.to(wide)  # (B,)
     # -log alpha_bar increases with the index, so searchsorted applies to it directly
-    table = -torch.log(alphas_cumprod.to(device=t_abs.device, dtype=t_abs.dtype))  # (T,)
-    query = (-_log_alpha_bar_of_flow_time(t_abs)).clamp(table[0], table[-1])  # (B,)
+    table = -torch.log(alphas_cumprod.to(device=t_abs.device, dtype=wide))  # (T,)
+    query = (-_log_alpha_bar_of_flow_time(t_wide)).clamp(table[0], table[-1])  # (B,)
     upper = torch.searchsorted(table, query).clamp(1, table.numel() - 1)  # (B,)
     lower = upper - 1  # (B,)
     fraction = (query - table[lower]) / (table[upper] - table[lower])  # (B,)
-    timestep = (lower.to(t_abs.dtype) + fraction).clamp(0, table.numel() - 1)  # (B,)
-    # x_ddpm = x_t / sqrt((1 - t)^2 + t^2)   (module docstring)
-    input_scale = torch.rsqrt((1 - t_abs) ** 2 + t_abs ** 2)  # (B,)
-    return timestep, input_scale
+    timestep = (lower.to(wide) + fraction).clamp(0, table.numel() - 1)  # (B,)
+    return timestep.to(t_abs.dtype)  # (B,)
+
+
+def ddpm_input_scale(t_abs: Tensor) -> Tensor:
+    """input_scale = 1 / sqrt((1 - t)^2 + t^2), (B,) in t's dtype: x_ddpm = input_scale * x_t.
+
+    See the module docstring (docs/math.md#diffusion-bridge).
+    """
+    return torch.rsqrt((1 - t_abs) ** 2 + t_abs ** 2)  # (B,)
 
 
 def ddpm_timestep_to_flow_time(timestep: Tensor, alphas_cumprod: Tensor) -> Tensor:
