@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from twinflow_min.config import (PRESETS, ConfigError, ConfigWarning, TrainConfig, build_parser,
-                                 config_table_markdown, resolve_config, validate)
-from twinflow_min.twinflow import TwinFlowOptions
+from twinflow_min.config import PRESETS, ConfigError, ConfigWarning, TrainConfig, validate
+from twinflow_min.config_cli import build_parser, config_table_markdown, resolve_config
+from twinflow_min.twinflow import OptionError, TwinFlowOptions
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "example-simpletuner-twinflow.json"
 
@@ -34,6 +34,10 @@ BRIEF_DEFAULTS = dict(
     ema_warmup=True, device="auto", compile=False, gradient_checkpointing=False, resume=None, log_every=10,
     run_name=None, eval_samples=4000, validation_nfe=[1, 2, 4],
     lr_schedule="constant", lr_warmup_steps=0,  # learning-rate schedule: constant, no warm-up (off unless asked)
+    # keys added for issues 11, 13, 14 and 19 (values from their briefs; consistency_ratio 1 = official default)
+    twinflow_consistency_ratio=1.0, twinflow_start_step=0, lr_decay_steps=None, data_check_md5=True,
+    lora_rank=16, lora_alpha=None, lora_dropout=0.0,
+    lora_target_modules=["qkv", "proj", "fc1", "fc2", "adaLN_modulation"],
 )
 
 # Keys of the "Quick Config" and "Adversarial Branch" sections of SimpleTuner's TwinFlow guide.
@@ -169,15 +173,8 @@ def test_command_line_value_forms(tmp_path):
     (dict(use_ema=False), "use_ema", "twinflow_allow_no_ema_teacher: true"),
     (dict(use_ema=False), "use_ema", "twinflow_require_ema: false"),
     (dict(distillation_method="dmd"), "distillation_method", "null"),
-    (dict(twinflow_estimate_order=0), "twinflow_estimate_order", "at least 1"),
     (dict(twinflow_target_step_count=0), "twinflow_target_step_count", "1-8"),
     (dict(twinflow_target_step_count=9), "twinflow_target_step_count", "1-8"),
-    (dict(twinflow_delta_t=0.0), "twinflow_delta_t", "(0, 0.5)"),
-    (dict(twinflow_delta_t=0.5), "twinflow_delta_t", "(0, 0.5)"),
-    (dict(twinflow_target_clamp=0.0), "twinflow_target_clamp", "> 0"),
-    (dict(twinflow_adversarial_weight=-1.0), "twinflow_adversarial_weight", "negative"),
-    (dict(twinflow_rectify_weight=-0.5), "twinflow_rectify_weight", "negative"),
-    (dict(twinflow_enhanced_ratio=-0.1), "twinflow_enhanced_ratio", "negative"),
     (dict(learning_rate=-1e-4), "learning_rate", "> 0"),
     (dict(learning_rate=0.0), "learning_rate", "> 0"),
     (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps", "at least 1"),
@@ -188,15 +185,15 @@ def test_command_line_value_forms(tmp_path):
     (dict(prediction_type="sample"), "prediction_type", "flow_matching"),
     (dict(twinflow_recipe="huge"), "twinflow_recipe", "large"),
     (dict(twinflow_loss_type="l1"), "twinflow_loss_type", "barron"),
+    (dict(twinflow_recipe="large", train_batch_size=1, gradient_accumulation_steps=3), "train_batch_size",
+     "gives 3 rows per optimizer step, below the 4 row groups"),
     (dict(twinflow_recipe="large", train_batch_size=3), "train_batch_size", "4 row groups"),
     (dict(twinflow_group_proportions=[0, 0, 0, 0]), "twinflow_group_proportions", "all zero"),
     (dict(twinflow_group_proportions=[1, 1, 1]), "twinflow_group_proportions", "4 shares"),
-    (dict(twinflow_enhanced_range=[0.6, 0.4]), "twinflow_enhanced_range", "ascending"),
-    (dict(twinflow_enhanced_range=[0.0, 1.5]), "twinflow_enhanced_range", "[0, 1]"),
     (dict(twinflow_time_dist=[1.0, 0.0, 1.0]), "twinflow_time_dist", "Beta"),
-    (dict(model_type="lora"), "model_type", "LoRA is not implemented in twinflow-min yet; use model_type: full"),
-    (dict(model_type="lycoris"), "model_type", "model_type: full"),
-    (dict(model_family="sd3"), "model_family", "dit"),
+    (dict(model_type="lora"), "model_type", "adapts a pretrained model: set pretrained_model_name_or_path"),
+    (dict(model_type="lycoris"), "model_type", "full, lora"),
+    (dict(model_family="sd3"), "model_family", "this project trains class-conditional DiT/SiT models"),
     (dict(dataset="toy:moon"), "dataset", "checkerboard"),
     (dict(dataset="mnist"), "dataset", "cifar10"),
     (dict(dataset="cifar10", model="CIFAR-S/2"), "data", "--data"),
@@ -213,7 +210,6 @@ def test_command_line_value_forms(tmp_path):
     (dict(device="gpu"), "device", "cuda"),
     (dict(resume="/no/such/run"), "resume", "does not exist"),
     (dict(validation_nfe=[]), "validation_nfe", "[1, 2, 4]"),
-    (dict(twinflow_rectify_clip=0.0), "twinflow_rectify_clip", "none"),
 ])
 def test_refusals_name_the_key_and_the_fix(tmp_path, changes, key, phrase):
     message = refused(["--config", write_config(tmp_path, **changes)])
@@ -226,7 +222,9 @@ def test_allowed_ways_out_are_accepted(tmp_path):
     for way_out in (dict(twinflow_allow_no_ema_teacher=True), dict(twinflow_require_ema=False)):
         assert resolve_config(["--config", write_config(tmp_path, use_ema=False, **way_out)]).use_ema is False
     off = dict(twinflow_enabled=False, use_ema=False, twinflow_estimate_order=0, twinflow_enhanced_ratio=0.5)
-    assert resolve_config(["--config", write_config(tmp_path, **off)]).twinflow_enabled is False  # TwinFlow-only rules
+    with pytest.warns(ConfigWarning, match="twinflow_estimate_order") as notes:  # TwinFlow-only rules: a note
+        assert resolve_config(["--config", write_config(tmp_path, **off)]).twinflow_enabled is False
+    assert len(notes) == 1 and "not used" in str(notes[0].message)
     weights = tmp_path / "toy.safetensors"
     weights.write_bytes(b"")
     cfg = resolve_config(["--config", write_config(tmp_path, pretrained_model_name_or_path=str(weights))])
@@ -235,7 +233,8 @@ def test_allowed_ways_out_are_accepted(tmp_path):
 
 # One non-default value per option that only the large recipe (official SRC) reads; defaults from BRIEF_DEFAULTS.
 LARGE_ONLY_CHANGES = [("twinflow_time_weighting", True), ("twinflow_dist_match_cof", 0.25),
-                      ("twinflow_enhanced_range", [0.1, 0.9]), ("twinflow_group_proportions", [1, 1, 1, 0])]
+                      ("twinflow_enhanced_range", [0.1, 0.9]), ("twinflow_consistency_ratio", 0.5),
+                      ("twinflow_group_proportions", [1, 1, 1, 0])]
 
 
 @pytest.mark.parametrize("key, value", LARGE_ONLY_CHANGES)
@@ -246,18 +245,66 @@ def test_large_only_options_are_refused_with_the_tutorial_recipe(tmp_path, key, 
     # the same value is fine with the large recipe, and the loss accepts the options it is mapped onto
     cfg = resolve_config(["--config", write_config(tmp_path, twinflow_recipe="large", **{key: value})])
     assert getattr(cfg, key) == value
-    TwinFlowOptions.from_keywords(**cfg.twinflow_options())
-    # without TwinFlow the TwinFlow-only rules do not apply
-    off = resolve_config(["--config", write_config(tmp_path, twinflow_enabled=False, **{key: value})])
+    assert isinstance(cfg.twinflow_options(), TwinFlowOptions)
+    # without TwinFlow the TwinFlow-only rules do not apply (one note says the key is not used)
+    with pytest.warns(ConfigWarning, match=key):
+        off = resolve_config(["--config", write_config(tmp_path, twinflow_enabled=False, **{key: value})])
     assert off.twinflow_recipe == "tutorial" and getattr(off, key) == value
 
 
-def test_tutorial_check_mirrors_the_loss_options():
-    # the check exists because the loss itself refuses these options with the tutorial recipe (at step 1)
-    for key, value in LARGE_ONLY_CHANGES[:3]:  # group proportions go to the input sampler, not the loss options
-        options = TrainConfig(**{**BRIEF_DEFAULTS, key: value}).twinflow_options()
-        with pytest.raises(ValueError, match="only apply to recipe='large'"):
-            TwinFlowOptions.from_keywords(**options)
+@pytest.mark.parametrize("key, value", LARGE_ONLY_CHANGES[:4])  # group proportions go to the input sampler
+def test_tutorial_check_mirrors_the_loss_options(key, value):
+    # the check exists because the loss options themselves refuse these values with the tutorial recipe
+    option = key.removeprefix("twinflow_")
+    with pytest.raises(OptionError) as loss_error:
+        TwinFlowOptions(**{option: tuple(value) if isinstance(value, list) else value})
+    assert loss_error.value.option == option
+    with pytest.raises(ConfigError, match=f"^{key} = "):  # built from a config, the key is named
+        TrainConfig(**{**BRIEF_DEFAULTS, key: value}).twinflow_options()
+
+
+# A loss option's range lives in TwinFlowOptions only: the config names its own key and repeats the options'
+# rule. (config key, value, the TwinFlowOptions field, other config keys the case needs)
+LOSS_OPTION_REFUSALS = [
+    ("twinflow_estimate_order", 0, "estimate_order", {}),  # the tutorial recipe needs N >= 1
+    ("twinflow_estimate_order", -1, "estimate_order", {"twinflow_recipe": "large"}),
+    ("twinflow_delta_t", 0.0, "delta_t", {}),
+    ("twinflow_delta_t", 0.5, "delta_t", {}),
+    ("twinflow_target_clamp", 0.0, "target_clamp", {}),
+    ("twinflow_adversarial_weight", -1.0, "adversarial_weight", {}),
+    ("twinflow_rectify_weight", -0.5, "rectify_weight", {}),
+    ("twinflow_enhanced_ratio", -0.1, "enhanced_ratio", {}),
+    ("twinflow_consistency_weight", -1.0, "consistency_weight", {}),
+    ("twinflow_realvel_weight", -2.0, "realvel_weight", {}),
+    ("twinflow_consistency_ratio", 1.5, "consistency_ratio", {"twinflow_recipe": "large"}),
+    ("twinflow_consistency_ratio", -0.25, "consistency_ratio", {"twinflow_recipe": "large"}),
+    ("twinflow_rectify_clip", 0.0, "rectify_clip", {}),
+    ("twinflow_dist_match_cof", -1.0, "dist_match_cof", {"twinflow_recipe": "large"}),
+    ("twinflow_enhanced_range", [0.6, 0.4], "enhanced_range", {"twinflow_recipe": "large"}),
+    ("twinflow_enhanced_range", [0.0, 1.5], "enhanced_range", {"twinflow_recipe": "large"}),
+]
+
+
+@pytest.mark.parametrize("key, value, option, extra", LOSS_OPTION_REFUSALS)
+def test_loss_option_refusals_come_from_twinflow_options(tmp_path, key, value, option, extra):
+    recipe = extra.get("twinflow_recipe", "tutorial")
+    with pytest.raises(OptionError) as loss_error:
+        TwinFlowOptions(recipe=recipe, **{option: tuple(value) if isinstance(value, list) else value})
+    rule = loss_error.value.rule
+    assert loss_error.value.option == option and rule.strip()
+    message = refused(["--config", write_config(tmp_path, **{key: value}, **extra)])
+    assert message == f"{key} = {value!r} {rule}"
+
+
+def test_official_switches_are_reachable(tmp_path):
+    # SRC flow-matching mode (estimate_order 0) and consistc_ratio, large recipe (issue 11 item 5)
+    large = dict(twinflow_recipe="large", twinflow_estimate_order=0, twinflow_consistency_ratio=0.5)
+    cfg = resolve_config(["--config", write_config(tmp_path, **large)])
+    options = cfg.twinflow_options()
+    assert (options.estimate_order, options.consistency_ratio, options.recipe) == (0, 0.5, "large")
+    assert cfg.input_sampling_options()["consistency_ratio"] == 0.5
+    flags = resolve_config(["--twinflow_consistency_ratio", "0", "--twinflow_recipe", "large"])
+    assert flags.twinflow_options().consistency_ratio == 0.0
 
 
 def test_large_recipe_adv_rows_need_the_adversarial_branch(tmp_path):
@@ -273,7 +320,8 @@ def test_large_recipe_adv_rows_need_the_adversarial_branch(tmp_path):
     assert resolve_config(["--config", write_config(tmp_path, twinflow_recipe="large")]).twinflow_adversarial_enabled
     tutorial = resolve_config(["--config", write_config(tmp_path, twinflow_adversarial_enabled=False)])
     assert tutorial.twinflow_recipe == "tutorial"
-    off = resolve_config(["--config", write_config(tmp_path, twinflow_enabled=False, **large_off)])
+    with pytest.warns(ConfigWarning, match="twinflow_recipe are not used"):
+        off = resolve_config(["--config", write_config(tmp_path, twinflow_enabled=False, **large_off)])
     assert off.twinflow_enabled is False  # TwinFlow-only rule
 
 
@@ -348,7 +396,8 @@ def test_validate_checks_a_config_built_in_python():
         validate(TrainConfig(learning_rate="fast"))
     with pytest.raises(ConfigError, match="ema_decay"):
         validate(TrainConfig(ema_decay=2.0))
-    assert validate(TrainConfig(twinflow_enhanced_ratio=0.0)) == []
+    assert validate(TrainConfig()) == []
+    assert validate(TrainConfig(twinflow_enabled=True, twinflow_enhanced_ratio=0.0)) == []
 
 
 # ---------------------------------------------------------------- views, round trip, docs
@@ -360,15 +409,28 @@ def test_twinflow_options_map_onto_the_loss_keywords(tmp_path):
                     twinflow_enhanced_range=[0.1, 0.9], twinflow_group_proportions=[1, 2, 3, 0],
                     twinflow_time_dist=[2.0, 1.0, 0.5])
     cfg = resolve_config(["--config", write_config(tmp_path, **distinct)])
-    options = cfg.twinflow_options()
-    assert options == dict(estimate_order=3, delta_t=0.02, target_clamp=0.7, enhanced_ratio=0.0,
-                           adversarial_enabled=True, adversarial_weight=0.3, rectify_weight=0.4, consistency_weight=0.6,
-                           realvel_weight=0.8, recipe="large", loss_type="barron", time_weighting=True,
-                           dist_match_cof=0.75, rectify_clip=1.0, enhanced_range=(0.1, 0.9), frozen_teacher=False)
+    assert cfg.twinflow_options() == TwinFlowOptions(
+        estimate_order=3, delta_t=0.02, target_clamp=0.7, enhanced_ratio=0.0, adversarial_enabled=True,
+        adversarial_weight=0.3, rectify_weight=0.4, consistency_weight=0.6, realvel_weight=0.8, recipe="large",
+        loss_type="barron", time_weighting=True, dist_match_cof=0.75, rectify_clip=1.0, enhanced_range=(0.1, 0.9),
+        consistency_ratio=1.0, rcgm_teacher_is_student=False, enhance_around_null=False)
     assert cfg.input_sampling_options() == dict(recipe="large", group_proportions=(1.0, 2.0, 3.0, 0.0),
-                                                time_dist=(2.0, 1.0, 0.5))
-    frozen = resolve_config(["--config", write_config(tmp_path, twinflow_recipe="large", ema_decay=1.0)])
-    assert frozen.twinflow_options()["frozen_teacher"] is True  # SRC ema_decay_rate == 1
+                                                time_dist=(2.0, 1.0, 0.5), consistency_ratio=1.0)
+
+
+def test_frozen_teacher_switches_of_the_large_recipe(tmp_path):
+    # SRC `ema_decay_rate == 1`: the RCGM target uses the student; only image-free also centres CFG on F_null
+    weights = tmp_path / "pretrained.safetensors"
+    weights.write_bytes(b"")  # existence is all the config checks
+    frozen = dict(twinflow_recipe="large", ema_decay=1.0, pretrained_model_name_or_path=str(weights))
+    options = resolve_config(["--config", write_config(tmp_path, **frozen)]).twinflow_options()
+    assert (options.rcgm_teacher_is_student, options.enhance_around_null) == (True, False)
+    image_free = resolve_config(["--config", write_config(tmp_path, **frozen), "--image-free"])
+    options = image_free.twinflow_options()
+    assert (options.rcgm_teacher_is_student, options.enhance_around_null) == (True, True)
+    moving = resolve_config(["--config", write_config(tmp_path, **{**frozen, "ema_decay": 0.999})])
+    options = moving.twinflow_options()
+    assert (options.rcgm_teacher_is_student, options.enhance_around_null) == (False, False)
 
 
 def test_json_round_trip(tmp_path):
@@ -376,7 +438,7 @@ def test_json_round_trip(tmp_path):
     again = TrainConfig.from_dict(json.loads(cfg.to_json()))
     assert again == cfg and again.to_dict() == cfg.to_dict()
     with pytest.raises(ConfigError, match="unknown key"):
-        TrainConfig.from_dict({**cfg.to_dict(), "lora_rank": 4})
+        TrainConfig.from_dict({**cfg.to_dict(), "lora_ranks": 4})
 
 
 def test_markdown_table_and_help_list_every_field():

@@ -1,21 +1,23 @@
 """Training configuration: one typed dataclass with SimpleTuner's key names, and the checks on its values.
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (training settings). Key names, defaults and the two TwinFlow
-errors follow SimpleTuner's TwinFlow guide (`bghira/SimpleTuner` documentation/distillation/TWINFLOW.md and its
-config field registry), so the TwinFlow part of a SimpleTuner `config.json` runs here unchanged; twinflow-min's
-own keys keep the `twinflow_` prefix. The official TwinFlow code (`src/configs/*.yaml` read by `src/train.py`)
-checks nothing; here every value is checked before any work, and each error says how to fix it in one line.
-JSON files and command-line flags are read by `config_cli.py` (`resolve_config`, `build_parser`,
-`config_table_markdown`, `preset_name`), which this module also serves by name: see `__getattr__` at the end.
+Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (training settings). Key names and the TwinFlow defaults follow
+SimpleTuner's TwinFlow guide (`bghira/SimpleTuner` documentation/distillation/TWINFLOW.md), so the TwinFlow part
+of a SimpleTuner `config.json` runs here unchanged; twinflow-min's own keys keep the `twinflow_` prefix.
+The official TwinFlow code (`src/configs/*.yaml` read by `src/train.py`) checks nothing; here every value is
+checked once, before any work, and each error says what is wrong and how to fix it in one line.
 
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake (twin) branch.
-(`twinflow_delta_t` and `twinflow_enhanced_range` are times in this convention.)
+One source of truth: a `twinflow_*` key that is a loss option maps onto `twinflow_min.twinflow.TwinFlowOptions`
+through TWINFLOW_OPTION_KEYS; its default is TwinFlowOptions' (except the two SimpleTuner defaults in
+SIMPLETUNER_DEFAULTS) and its range is checked by building TwinFlowOptions. JSON files and command-line flags
+are read by `config_cli.py` (`resolve_config`), which imports this module (never the reverse).
+Times (`twinflow_delta_t`, `twinflow_enhanced_range`) follow the convention of `twinflow_min/transport.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
 import math
 import types
@@ -23,17 +25,56 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from twinflow_min.checks import INT64_MAX, is_count, is_real, resolve_device
 from twinflow_min.data import TOY_DATASETS
 from twinflow_min.model import MODEL_REGISTRY
+from twinflow_min.twinflow import (LARGE_ONLY, LOSS_TYPES, RECIPE_NAMES, OptionError, TwinFlowOptions,
+                                   sample_training_inputs)
+from twinflow_min.twinflow_large import GROUP_NAMES
 
-# Limits quoted from SimpleTuner: target steps 1-8 allowed, 1-4 recommended (field registry / TWINFLOW.md);
-# delta_t below 0.5 (field registry max); official value 0.01 (reference 2.1).
+# SimpleTuner's limits: target steps 1-8 allowed, 1-4 recommended (its field registry and TWINFLOW.md).
 TARGET_STEPS_ALLOWED = (1, 8)
 TARGET_STEPS_RECOMMENDED_MAX = 4
-DELTA_T_OPEN_RANGE = (0.0, 0.5)
-GROUP_NAMES = ("e2e", "mul", "any", "adv")  # row groups of the large recipe, official order (reference 2.9)
 IMAGE_DATASETS = ("cifar10", "folder")  # datasets that read the `data` path
-DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what `device` may name besides "auto" (optionally ":<index>")
+# One micro-batch is held in memory at once (activations of every row); larger batches come from
+# gradient_accumulation_steps. 2**16 rows of the smallest image model already take tens of GB.
+MAX_MICRO_BATCH = 2**16
+# The toy evaluation compares every pair of samples (n**2 distances) and an image evaluation keeps every
+# sample; FID is usually measured on 50,000.
+MAX_EVAL_SAMPLES = 2**16
+
+# Config key -> TwinFlowOptions field (the loss options, built once per run by `TrainConfig.twinflow_options`).
+TWINFLOW_OPTION_KEYS = {
+    "twinflow_estimate_order": "estimate_order",
+    "twinflow_enhanced_ratio": "enhanced_ratio",
+    "twinflow_delta_t": "delta_t",
+    "twinflow_target_clamp": "target_clamp",
+    "twinflow_adversarial_enabled": "adversarial_enabled",
+    "twinflow_adversarial_weight": "adversarial_weight",
+    "twinflow_rectify_weight": "rectify_weight",
+    "twinflow_consistency_weight": "consistency_weight",
+    "twinflow_realvel_weight": "realvel_weight",
+    "twinflow_consistency_ratio": "consistency_ratio",
+    "twinflow_recipe": "recipe",
+    "twinflow_loss_type": "loss_type",
+    "twinflow_time_weighting": "time_weighting",
+    "twinflow_dist_match_cof": "dist_match_cof",
+    "twinflow_rectify_clip": "rectify_clip",
+    "twinflow_enhanced_range": "enhanced_range",
+}
+# Config key -> keyword of `twinflow.sample_training_inputs` (the random inputs of every step).
+SAMPLING_KEYS = {
+    "twinflow_recipe": "recipe",
+    "twinflow_group_proportions": "group_proportions",
+    "twinflow_time_dist": "time_dist",
+    "twinflow_consistency_ratio": "consistency_ratio",
+}
+OPTION_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TwinFlowOptions)}
+SAMPLING_DEFAULTS = {name: parameter.default
+                     for name, parameter in inspect.signature(sample_training_inputs).parameters.items()}
+# The only TwinFlow defaults that differ from TwinFlowOptions (which mirrors the official tutorial): SimpleTuner
+# trains without the adversarial branch unless asked, and bakes CFG 0.5 into the target (its guide's values).
+SIMPLETUNER_DEFAULTS = {"twinflow_adversarial_enabled": False, "twinflow_enhanced_ratio": 0.5}
 
 
 class ConfigError(ValueError):
@@ -46,8 +87,23 @@ class ConfigWarning(UserWarning):
 
 def _field(default, help: str, choices: tuple | None = None):
     """A dataclass field with its one-line help (for --help and the README table) and allowed values."""
-    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    if isinstance(default, (list, tuple)):
+        factory = {"default_factory": lambda: list(default)}
+    else:
+        factory = {"default": default}
     return dataclasses.field(**factory, metadata={"help": help, "choices": choices})
+
+
+def _twinflow_field(key: str, help: str, choices: tuple | None = None):
+    """A field whose default comes from TwinFlowOptions / sample_training_inputs (or SIMPLETUNER_DEFAULTS)."""
+    if key in SIMPLETUNER_DEFAULTS:
+        return _field(SIMPLETUNER_DEFAULTS[key], help, choices)
+    if key in TWINFLOW_OPTION_KEYS:
+        return _field(OPTION_DEFAULTS[TWINFLOW_OPTION_KEYS[key]], help, choices)
+    return _field(SAMPLING_DEFAULTS[SAMPLING_KEYS[key]], help, choices)
+
+
+LORA_TARGETS = ["qkv", "proj", "fc1", "fc2", "adaLN_modulation"]  # attention, MLP and adaLN of every block
 
 
 @dataclass
@@ -57,36 +113,58 @@ class TrainConfig:
     # ---- TwinFlow, SimpleTuner names ----
     twinflow_enabled: bool = _field(False, "train with TwinFlow (RCGM + twin trajectories); false = flow matching")
     twinflow_target_step_count: int = _field(2, "sampling steps (NFE) to train for; 1-4 recommended, 1-8 allowed")
-    twinflow_estimate_order: int = _field(2, "N: teacher any-step jumps inside the RCGM target (reference 2.1)")
-    twinflow_enhanced_ratio: float = _field(0.5, "CFG baked into the target: v + ratio (F_cond - F_uncond); 0 = off")
-    twinflow_delta_t: float = _field(0.01, "Δt of the RCGM target, in (0, 0.5); official 0.01")
-    twinflow_target_clamp: float = _field(1.0, "clip of the RCGM residual to ±value, > 0; official 1")
+    twinflow_estimate_order: int = _twinflow_field(
+        "twinflow_estimate_order", "N teacher jumps in the RCGM target (docs/math.md#rcgm-target); "
+        "0 = official flow-matching mode (large recipe)")
+    twinflow_enhanced_ratio: float = _twinflow_field(
+        "twinflow_enhanced_ratio", "CFG baked into the target: v + ratio (F_cond - F_uncond); 0 = off")
+    twinflow_delta_t: float = _twinflow_field("twinflow_delta_t", "Δt of the RCGM target; official 0.01")
+    twinflow_target_clamp: float = _twinflow_field(
+        "twinflow_target_clamp", "clip of the RCGM residual to ±value; official 1")
     twinflow_require_ema: bool = _field(True, "refuse to run TwinFlow without an EMA teacher (use_ema)")
     twinflow_allow_no_ema_teacher: bool = _field(False, "with use_ema false, let the student be its own teacher")
     twinflow_allow_diff2flow: bool = _field(False, "let epsilon / v-prediction models in through diff2flow")
-    twinflow_adversarial_enabled: bool = _field(False, "the fake (twin) branch: L_adv and L_rectify")
-    twinflow_adversarial_weight: float = _field(1.0, "weight of L_adv (flow matching on the fake branch)")
-    twinflow_rectify_weight: float = _field(1.0, "weight of L_rectify (twin velocity matching, Eq. 9)")
+    twinflow_adversarial_enabled: bool = _twinflow_field(
+        "twinflow_adversarial_enabled", "the fake (twin) branch: L_adv and L_rectify")
+    twinflow_adversarial_weight: float = _twinflow_field(
+        "twinflow_adversarial_weight", "weight of L_adv (flow matching on the fake branch)")
+    twinflow_rectify_weight: float = _twinflow_field(
+        "twinflow_rectify_weight", "weight of L_rectify (twin velocity matching, paper Eq. 9)")
     # ---- TwinFlow, twinflow-min additions ----
-    twinflow_consistency_weight: float = _field(1.0, "weight of the 1->0 consistency term (tutorial L_cm)")
-    twinflow_realvel_weight: float = _field(1.0, "weight of the real-velocity term F(x_t, t, t) (tutorial)")
-    twinflow_recipe: str = _field("tutorial", "loss recipe: official MNIST tutorial or large-scale src",
-                                  ("tutorial", "large"))
-    twinflow_group_proportions: list[float] = _field([1.0, 1.0, 1.0, 1.0], "large: shares of e2e, mul, any, adv")
-    twinflow_time_dist: list[float] = _field([1.0, 1.0, 1.0], "large: t ~ Beta(a, b) * scale as [a, b, scale]")
-    twinflow_loss_type: str = _field("l2", "per-sample loss: l2, or Barron alpha=1 (official large)", ("l2", "barron"))
-    twinflow_time_weighting: bool = _field(False, "large: the official tan time weight per row")
-    twinflow_dist_match_cof: float = _field(0.5, "large: weight of the rectify term (official dist_match_cof)")
-    twinflow_rectify_clip: float | None = _field(None, "clip Δv to ±value (official large: 1); none = no clip")
-    twinflow_enhanced_range: list[float] = _field([0.0, 1.0], "large: CFG enhancement only where lo < t < hi")
+    twinflow_consistency_weight: float = _twinflow_field(
+        "twinflow_consistency_weight", "weight of the 1->0 consistency term (docs/math.md#consistency)")
+    twinflow_realvel_weight: float = _twinflow_field(
+        "twinflow_realvel_weight", "weight of the real-velocity term F(x_t, t, t) (docs/math.md#real-velocity)")
+    twinflow_consistency_ratio: float = _twinflow_field(
+        "twinflow_consistency_ratio", "official consistc_ratio in [0, 1]: t_tgt = t - U ratio t; "
+        "0 = RCGM off, below 1 = rectify off (large)")
+    twinflow_start_step: int = _field(0, "train plain flow matching before this step; at it the EMA teacher "
+                                         "restarts from the student and TwinFlow switches on")
+    twinflow_recipe: str = _twinflow_field(
+        "twinflow_recipe", "loss recipe: official MNIST tutorial or large-scale src", RECIPE_NAMES)
+    twinflow_group_proportions: list[float] = _twinflow_field(
+        "twinflow_group_proportions", "large: shares of the row groups e2e, mul, any, adv")
+    twinflow_time_dist: list[float] = _twinflow_field(
+        "twinflow_time_dist", "t ~ Beta(a, b) * scale as [a, b, scale]")
+    twinflow_loss_type: str = _twinflow_field(
+        "twinflow_loss_type", "per-sample loss: l2, or Barron alpha=1 (official large)", LOSS_TYPES)
+    twinflow_time_weighting: bool = _twinflow_field(
+        "twinflow_time_weighting", "large: the official tan time weight per row")
+    twinflow_dist_match_cof: float = _twinflow_field(
+        "twinflow_dist_match_cof", "large: weight of the rectify term (official dist_match_cof)")
+    twinflow_rectify_clip: float | None = _twinflow_field(
+        "twinflow_rectify_clip", "clip Δv to ±value (official large: 1); none = the recipe's default")
+    twinflow_enhanced_range: list[float] = _twinflow_field(
+        "twinflow_enhanced_range", "large: CFG enhancement only where lo < t < hi")
     twinflow_image_free: bool = _field(False, "train on the model's own samples (pretrained model, labels only)")
     # ---- general, SimpleTuner names ----
     use_ema: bool = _field(True, "keep an EMA of the student: the TwinFlow teacher and the sampled model")
     ema_decay: float = _field(0.99, "EMA decay in [0, 1]; 0 = the student itself, 1 = frozen initial model")
     learning_rate: float = _field(1e-4, "AdamW learning rate (peak value when lr_schedule is cosine)")
-    train_batch_size: int = _field(64, "samples per micro-batch")
+    train_batch_size: int = _field(64, f"samples per micro-batch, 1-{MAX_MICRO_BATCH}")
     gradient_accumulation_steps: int = _field(1, "micro-batches per optimizer step")
-    mixed_precision: str = _field("no", "autocast dtype on CUDA (ignored on CPU)", ("no", "bf16", "fp16"))
+    mixed_precision: str = _field("no", "autocast dtype: bf16 on CUDA and CPU, fp16 on CUDA only",
+                                  ("no", "bf16", "fp16"))
     output_dir: str = _field("outputs", "runs are written to OUTPUT_DIR/<run name>")
     seed: int = _field(0, "seed of the model initialisation and of every training draw")
     max_train_steps: int = _field(1000, "optimizer steps")
@@ -98,50 +176,64 @@ class TrainConfig:
                                   ("flow_matching", "epsilon", "v_prediction"))
     diff2flow_enabled: bool = _field(False, "turn an epsilon / v-prediction output into a flow velocity")
     distillation_method: str | None = _field(None, "SimpleTuner's other distillers: leave unset")
-    model_family: str = _field("dit", "architecture family", ("dit", "sit"))
-    model_type: str = _field("full", "full fine-tuning (LoRA is not implemented)")
+    model_family: str = _field("dit", "architecture family (class-conditional DiT / SiT)", ("dit", "sit"))
+    model_type: str = _field("full", "full fine-tuning, or LoRA adapters on a pretrained model",
+                             ("full", "lora"))
+    lora_rank: int = _field(16, "model_type lora: rank of each adapter")
+    lora_alpha: float | None = _field(None, "model_type lora: scale alpha / rank of the update; none = rank")
+    lora_dropout: float = _field(0.0, "model_type lora: dropout on the adapter input, in [0, 1)")
+    lora_target_modules: list[str] = _field(LORA_TARGETS, "model_type lora: linear layers to adapt")
     pretrained_model_name_or_path: str | None = _field(None, "local .safetensors file to start from")
     dataset: str = _field("toy:moons", "toy:<name>, cifar10, folder or latents:<path>")
     # ---- general, twinflow-min additions ----
     data: str | None = _field(None, "CIFAR-10 archive or image folder for dataset cifar10 / folder")
+    data_check_md5: bool = _field(True, "check the md5 sums of official CIFAR-10 files; false for a re-pack")
     model: str = _field("toy", "model registry name (MODEL_REGISTRY) when no pretrained file is given")
     label_dropout: float = _field(0.1, "chance a label becomes the null class (unconditional branch)")
     adam_beta1: float = _field(0.9, "AdamW beta1")
     adam_beta2: float = _field(0.999, "AdamW beta2")
     weight_decay: float = _field(0.0, "AdamW weight decay")
-    lr_schedule: str = _field("constant", "constant, or cosine decay from learning_rate to 0 at max_train_steps",
+    lr_schedule: str = _field("constant", "constant, or cosine decay from learning_rate to 0 at lr_decay_steps",
                               ("constant", "cosine"))
     lr_warmup_steps: int = _field(0, "linear learning-rate warm-up from 0 over the first N steps")
+    lr_decay_steps: int | None = _field(None, "length of the cosine schedule; none = max_train_steps "
+                                              "(resolved and saved at the start of a run)")
     max_grad_norm: float = _field(1.0, "gradient-norm clipping; 0 = off")
-    ema_warmup: bool = _field(True, "official EMA warm-up: decay climbs from 0 to ema_decay (reference 2.10)")
+    ema_warmup: bool = _field(True, "official EMA warm-up: decay climbs from 0 to ema_decay "
+                                    "(docs/math.md#ema-teacher)")
     device: str = _field("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, mps ...")
     compile: bool = _field(False, "torch.compile the student")
     gradient_checkpointing: bool = _field(False, "recompute transformer blocks in backward to save memory")
     resume: str | None = _field(None, "run folder or checkpoint.safetensors to continue from")
     log_every: int = _field(10, "log the loss terms every N steps")
     run_name: str | None = _field(None, "run folder name under output_dir; none = from the dataset")
-    eval_samples: int = _field(4000, "samples drawn for the final evaluation")
+    eval_samples: int = _field(4000, f"samples drawn for the final evaluation, 0-{MAX_EVAL_SAMPLES}; "
+                                     "0 = skip it")
     validation_nfe: list[int] = _field([1, 2, 4], "sampling steps (NFE) shown at validation and evaluation")
 
     # ---- views used by train.py ----
-    def twinflow_options(self) -> dict:
-        """Keyword options of `twinflow_min.twinflow.twinflow_losses` (reference §2)."""
-        return dict(
-            estimate_order=self.twinflow_estimate_order, delta_t=self.twinflow_delta_t,
-            target_clamp=self.twinflow_target_clamp, enhanced_ratio=self.twinflow_enhanced_ratio,
-            adversarial_enabled=self.twinflow_adversarial_enabled, adversarial_weight=self.twinflow_adversarial_weight,
-            rectify_weight=self.twinflow_rectify_weight, consistency_weight=self.twinflow_consistency_weight,
-            realvel_weight=self.twinflow_realvel_weight, recipe=self.twinflow_recipe, loss_type=self.twinflow_loss_type,
-            time_weighting=self.twinflow_time_weighting, dist_match_cof=self.twinflow_dist_match_cof,
-            rectify_clip=self.twinflow_rectify_clip, enhanced_range=tuple(self.twinflow_enhanced_range),
-            # SRC `ema_decay_rate == 1` (frozen teacher) makes the large recipe's RCGM target use the student (2.10)
-            frozen_teacher=self.twinflow_recipe == "large" and self.use_ema and self.ema_decay == 1.0,
-        )
+    def twinflow_options(self) -> TwinFlowOptions:
+        """The loss options of `twinflow_losses(..., options=)`, built and checked once per run.
+
+        Raises ConfigError naming the config key when TwinFlowOptions refuses a value (its OptionError).
+        """
+        values = {option: getattr(self, key) for key, option in TWINFLOW_OPTION_KEYS.items()}
+        values["enhanced_range"] = tuple(self.twinflow_enhanced_range)
+        if self.twinflow_recipe == "large":  # official SRC `ema_decay_rate == 1` (docs/math.md#ema-teacher)
+            frozen = self.use_ema and self.ema_decay == 1.0
+            values["rcgm_teacher_is_student"] = frozen
+            values["enhance_around_null"] = frozen and self.twinflow_image_free
+        try:
+            return TwinFlowOptions(**values)
+        except OptionError as error:
+            raise _config_error_of(self, error) from None
 
     def input_sampling_options(self) -> dict:
-        """Keyword options of `twinflow_min.twinflow.sample_training_inputs` (reference 2.9)."""
-        return dict(recipe=self.twinflow_recipe, group_proportions=tuple(self.twinflow_group_proportions),
-                    time_dist=tuple(self.twinflow_time_dist))
+        """Keyword options of `twinflow_min.twinflow.sample_training_inputs` (docs/math.md#large-recipe)."""
+        values = {keyword: getattr(self, key) for key, keyword in SAMPLING_KEYS.items()}
+        values["group_proportions"] = tuple(values["group_proportions"])
+        values["time_dist"] = tuple(values["time_dist"])
+        return values
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -151,12 +243,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "") -> "TrainConfig":
-        """Build from a dict (`to_dict`, a checkpoint, JSON): keys and types are checked; `validate` checks the rest."""
+        """Build from a dict (`to_dict`, a checkpoint, JSON); keys and types are checked, `validate` the rest."""
         return cls(**check_keys_and_types(values, where))
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
 HINTS = typing.get_type_hints(TrainConfig)
+CONFIG_KEY_OF_OPTION = {option: key for key, option in TWINFLOW_OPTION_KEYS.items()}
+
+
+def _config_error_of(cfg: TrainConfig, error: OptionError) -> ConfigError:
+    """TwinFlowOptions' refusal of an option, re-worded with the config key and value that set it."""
+    key = CONFIG_KEY_OF_OPTION.get(error.option)
+    if key is None:  # an option the config derives (e.g. rcgm_teacher_is_student): name the option
+        return ConfigError(f"{error} (derived from the config)")
+    return ConfigError(f"{key} = {getattr(cfg, key)!r} {error.rule}")
+
 
 # Starting values without --config: only the keys that differ from the dataclass defaults.
 PRESETS: dict[str, dict] = {
@@ -165,9 +267,9 @@ PRESETS: dict[str, dict] = {
                 # tuned on a 2-core CPU: ~1.5 min, 1-NFE energy distance 0.0011-0.0015 over training seeds 0-2
                 train_batch_size=96, use_ema=True, ema_decay=0.99, learning_rate=2e-3, lr_schedule="cosine",
                 max_train_steps=2000, validation_every=0, checkpointing_steps=500),
-    "cifar10": dict(dataset="cifar10", model="CIFAR-S/2", twinflow_enabled=True, twinflow_adversarial_enabled=True,
-                    twinflow_enhanced_ratio=0.5, train_batch_size=128, learning_rate=1e-4,
-                    mixed_precision="no",  # train.py may choose bf16 on CUDA
+    "cifar10": dict(dataset="cifar10", model="CIFAR-S/2", twinflow_enabled=True,
+                    twinflow_adversarial_enabled=True, twinflow_enhanced_ratio=0.5, train_batch_size=128,
+                    learning_rate=1e-4, mixed_precision="no",  # train.py may choose bf16 on CUDA
                     max_train_steps=100_000, validation_every=2000, checkpointing_steps=5000),
 }
 
@@ -182,8 +284,36 @@ def _base_type(hint) -> tuple[object, bool]:
 
 def _type_name(hint) -> str:
     base, optional = _base_type(hint)
-    name = f"list of {_type_name(typing.get_args(base)[0])}" if typing.get_origin(base) is list else base.__name__
+    if typing.get_origin(base) is list:
+        name = f"list of {_type_name(typing.get_args(base)[0])}"
+    else:
+        name = base.__name__
     return f"{name} or none" if optional else name
+
+
+def _shown(value) -> str:
+    """A value as the user wrote it: JSON words for null / true / false, repr otherwise."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return repr(value)
+
+
+def _coerce_number(key: str, value, base, where: str):
+    """An int or float field's value: bools and strings refused, finite, ints within 64 bits."""
+    kind = "an integer" if base is int else "a number"
+    got = f"got {_shown(value)}"
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}{where}: expected {kind}, {got}; booleans are not numbers")
+    if not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}{where}: expected {kind}, {got}; write a number without quotes")
+    if not is_real(value):
+        raise ConfigError(f"{key}{where}: expected a finite {kind.split()[-1]}, {got}")
+    if base is int and value != int(value):
+        raise ConfigError(f"{key}{where}: expected an integer, {got}")
+    if base is int and abs(value) > INT64_MAX:
+        raise ConfigError(f"{key}{where}: {got}, beyond the 64-bit integers torch can hold "
+                          f"(at most 2**63 - 1 = {INT64_MAX})")
+    return base(value)
 
 
 def _coerce(key: str, value, hint, where: str):
@@ -191,22 +321,18 @@ def _coerce(key: str, value, hint, where: str):
     base, optional = _base_type(hint)
     if value is None and optional:
         return None
-    got = f"got {json.dumps(value) if value is None or isinstance(value, bool) else repr(value)}"
+    got = f"got {_shown(value)}"
     if typing.get_origin(base) is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}{where}: expected a {_type_name(hint)} such as [1, 2], {got}")
-        return [_coerce(f"{key}[{index}]", item, typing.get_args(base)[0], where) for index, item in enumerate(value)]
+        item_hint = typing.get_args(base)[0]
+        return [_coerce(f"{key}[{index}]", item, item_hint, where) for index, item in enumerate(value)]
     if base is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}{where}: expected true or false, {got}; write the word without quotes")
         return value
     if base in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fix = "booleans are not numbers" if isinstance(value, bool) else "write a number without quotes"
-            raise ConfigError(f"{key}{where}: expected {'an integer' if base is int else 'a number'}, {got}; {fix}")
-        if not math.isfinite(value) or (base is int and value != int(value)):
-            raise ConfigError(f"{key}{where}: expected a finite {'integer' if base is int else 'number'}, {got}")
-        return base(value)
+        return _coerce_number(key, value, base, where)
     if not isinstance(value, str):
         raise ConfigError(f"{key}{where}: expected a string, {got}")
     return value
@@ -219,7 +345,7 @@ def _unknown_key_error(key: str, where: str, prefix: str = "") -> ConfigError:
 
 
 def check_keys_and_types(values: dict, where: str = "") -> dict:
-    """Refuse unknown keys (naming the closest valid one) and wrong types; SimpleTuner's `--key` spelling is fine."""
+    """Refuse unknown keys (naming the closest valid one) and wrong types; SimpleTuner's `--key` is fine."""
     checked = {}
     for raw_key, value in values.items():
         key = raw_key.removeprefix("--")
@@ -236,30 +362,63 @@ def _require(cfg: TrainConfig, key: str, ok: bool, rule: str) -> None:
 
 
 def _check_dataset(cfg: TrainConfig) -> None:
-    spec, needs_images = cfg.dataset, not cfg.twinflow_image_free
+    spec = cfg.dataset
     if spec.startswith("toy:"):
-        _require(cfg, "dataset", spec[4:] in TOY_DATASETS, f"is not a toy; use toy:<{'|'.join(TOY_DATASETS)}>")
+        _require(cfg, "dataset", spec[4:] in TOY_DATASETS,
+                 f"is not a toy; use toy:<{'|'.join(TOY_DATASETS)}>")
     elif spec in IMAGE_DATASETS:
-        _require(cfg, "data", cfg.data is not None or not needs_images, f"but dataset {spec} reads its images from "
-                 f"`data`: give the path, e.g. --data cifar-10-python.tar.gz (image-free training needs none)")
-        _require(cfg, "data", cfg.data is None or Path(cfg.data).exists(), "does not exist; give an existing path")
+        _check_data_path(cfg)
     elif spec.startswith("latents:"):
-        _require(cfg, "dataset", Path(spec[8:]).is_file(), "names no existing file; use latents:<path of the file>")
+        _require(cfg, "dataset", Path(spec[8:]).is_file(),
+                 "names no existing file; use latents:<path of the file>")
     elif spec.replace("-", "_") == "image_free":
         raise ConfigError("dataset = 'image_free' is a flag, not a dataset: set twinflow_image_free: true "
                           "(--image-free)")
     else:
-        raise ConfigError(f"dataset = {spec!r} is not understood; use toy:<name>, cifar10, folder or latents:<path>")
+        raise ConfigError(f"dataset = {spec!r} is not understood; "
+                          "use toy:<name>, cifar10, folder or latents:<path>")
+    reads_data = spec in IMAGE_DATASETS and not cfg.twinflow_image_free
+    if reads_data or cfg.data is None:
+        return
+    if cfg.twinflow_image_free:
+        raise ConfigError(f"data = {cfg.data!r} is not read: twinflow_image_free trains on the model's own "
+                          "samples; drop --data (or set twinflow_image_free: false)")
+    raise ConfigError(f"data = {cfg.data!r} is not read by dataset {spec!r}; drop --data, or use "
+                      f"--dataset {' or '.join(IMAGE_DATASETS)} to train on it")
+
+
+def _check_data_path(cfg: TrainConfig) -> None:
+    """dataset cifar10 / folder: `data` must name an existing path (image-free training needs none)."""
+    if cfg.twinflow_image_free:
+        return
+    _require(cfg, "data", cfg.data is not None, f"but dataset {cfg.dataset} reads its images from `data`: "
+             "give the path, e.g. --data cifar-10-python.tar.gz (image-free training needs none)")
+    _require(cfg, "data", Path(cfg.data).exists(), "does not exist; give an existing path")
+
+
+CONVERT = "python tools/convert_checkpoint.py IN.pt OUT.safetensors --convention sit|repa|dit"
 
 
 def _check_pretrained(cfg: TrainConfig) -> None:
     path = cfg.pretrained_model_name_or_path
     _require(cfg, "twinflow_image_free", not cfg.twinflow_image_free or path is not None,
-             "trains a pretrained model on its own samples: set pretrained_model_name_or_path (--pretrained FILE)")
-    convert = "python tools/convert_checkpoint.py IN.pt OUT.safetensors --convention sit|repa|dit"
-    _require(cfg, "pretrained_model_name_or_path", path is None or (Path(path).suffix == ".safetensors"
-             and Path(path).is_file()), f"is not an existing local .safetensors file (nothing is downloaded); "
-             f"convert a .pt with {convert}")
+             "trains a pretrained model on its own samples: set pretrained_model_name_or_path "
+             "(--pretrained FILE)")
+    _require(cfg, "model_type", cfg.model_type != "lora" or path is not None,
+             "adapts a pretrained model: set pretrained_model_name_or_path (--pretrained FILE.safetensors), "
+             "or use model_type: full to train from scratch")
+    if path is None:
+        return
+    file = Path(path)
+    _require(cfg, "pretrained_model_name_or_path", not file.is_dir(),
+             "is a folder; give the .safetensors file itself")
+    if not file.exists() and not file.is_absolute() and len(file.parts) == 2:
+        raise ConfigError(f"pretrained_model_name_or_path = {path!r} looks like a hub name, but nothing is "
+                          f"downloaded: convert a release with {CONVERT} and give that local .safetensors file")
+    _require(cfg, "pretrained_model_name_or_path", file.exists(), "does not exist; give a local .safetensors "
+             f"file (nothing is downloaded: convert a release with {CONVERT})")
+    _require(cfg, "pretrained_model_name_or_path", file.suffix == ".safetensors",
+             f"is not a .safetensors file; convert it with {CONVERT}")
 
 
 def _check_model(cfg: TrainConfig) -> None:
@@ -268,118 +427,230 @@ def _check_model(cfg: TrainConfig) -> None:
     if cfg.model not in MODEL_REGISTRY:
         close = difflib.get_close_matches(cfg.model, list(MODEL_REGISTRY), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"model = {cfg.model!r} is not in MODEL_REGISTRY; {hint}known: {', '.join(MODEL_REGISTRY)}")
-    fits = ("data_dim" in MODEL_REGISTRY[cfg.model]) == toy  # the vector model for 2-D points, image models else
-    _require(cfg, "model", fits, f"does not fit dataset {cfg.dataset!r}; use "
-             f"{'model: toy' if toy else 'an image model, e.g. model: CIFAR-S/2'}")
+        raise ConfigError(f"model = {cfg.model!r} is not in MODEL_REGISTRY; {hint}"
+                          f"known: {', '.join(MODEL_REGISTRY)}")
+    fits = ("data_dim" in MODEL_REGISTRY[cfg.model]) == toy  # the vector model for 2-D points, images else
+    fix = "model: toy" if toy else "an image model, e.g. model: CIFAR-S/2"
+    _require(cfg, "model", fits, f"does not fit dataset {cfg.dataset!r}; use {fix}")
+
+
+def _check_device(cfg: TrainConfig) -> None:
+    try:
+        resolve_device(cfg.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_lora(cfg: TrainConfig) -> list[str]:
+    """lora_* keys set while model_type is "full": one note that they are not used."""
+    if cfg.model_type == "lora":
+        return []
+    unused = [key for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules")
+              if getattr(cfg, key) != default_of(key)]
+    if not unused:
+        return []
+    return [f"model_type is full: {_not_used(unused)} (set model_type: lora for adapters)"]
+
+
+def _check_from_scratch(cfg: TrainConfig) -> None:
+    """TwinFlow settings that only work when the model starts from pretrained weights (issue 11 item 8)."""
+    if cfg.pretrained_model_name_or_path is not None:
+        return
+    frozen = cfg.use_ema and cfg.ema_decay == 1.0
+    _require(cfg, "ema_decay", not frozen or cfg.twinflow_start_step > 0,
+             "freezes the teacher at its initial weights, and a model trained from scratch starts by "
+             "outputting zeros (zero-initialised last layer), so every TwinFlow target stays zero; use "
+             "ema_decay < 1 (e.g. 0.99), a pretrained model, or twinflow_start_step > 0")
+    uses_null = cfg.twinflow_enhanced_ratio > 0
+    _require(cfg, "label_dropout", cfg.label_dropout > 0 or not uses_null,
+             "never trains the null class, but twinflow_enhanced_ratio > 0 builds the CFG target from it "
+             "(docs/math.md#cfg-target); set label_dropout: 0.1, or twinflow_enhanced_ratio: 0")
+
+
+def _check_large_batch(cfg: TrainConfig) -> None:
+    """Large recipe: every optimizer step must hold a row of each group with a positive share."""
+    groups = sum(share > 0 for share in cfg.twinflow_group_proportions)
+    rows = cfg.train_batch_size * cfg.gradient_accumulation_steps
+    if rows >= groups:
+        return
+    raise ConfigError(
+        f"train_batch_size = {cfg.train_batch_size} x gradient_accumulation_steps = "
+        f"{cfg.gradient_accumulation_steps} gives {rows} rows per optimizer step, below the {groups} row groups "
+        f"of the large recipe (micro-batches smaller than that take the groups in turn); raise either, "
+        f"or zero a group proportion")
 
 
 # (key, test of its value, what the value must be): checked in order, the first failure raises ConfigError.
-LOW, HIGH = TARGET_STEPS_ALLOWED
+# Types are already checked (`_coerce`): ints are 64-bit integers, floats finite numbers.
+COUNT_RULE = f"from {{}} to 2**63 - 1 = {INT64_MAX}"
+NON_NEGATIVE_NUMBERS = ("weight_decay", "max_grad_norm", "validation_guidance")
+NON_NEGATIVE_COUNTS = ("seed", "validation_every", "checkpointing_steps", "lr_warmup_steps",
+                       "twinflow_start_step")
+POSITIVE_COUNTS = ("gradient_accumulation_steps", "max_train_steps", "log_every",
+                   "validation_num_inference_steps", "lora_rank")
 RULES = (
-    *((key, lambda v: v >= 0, "must not be negative") for key in (
-        "twinflow_enhanced_ratio", "twinflow_adversarial_weight", "twinflow_rectify_weight", "seed",
-        "twinflow_consistency_weight", "twinflow_realvel_weight", "twinflow_dist_match_cof", "weight_decay",
-        "max_grad_norm", "validation_guidance", "validation_every", "checkpointing_steps", "eval_samples",
-        "lr_warmup_steps")),
-    *((key, lambda v: v >= 1, "must be at least 1") for key in (
-        "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "log_every",
-        "validation_num_inference_steps")),
-    *((key, lambda v: 0 <= v < 1, "must lie in [0, 1)") for key in ("label_dropout", "adam_beta1", "adam_beta2")),
+    *((key, lambda v: v >= 0, "must not be negative") for key in NON_NEGATIVE_NUMBERS),
+    *((key, lambda v: is_count(v, minimum=0), f"must be an integer {COUNT_RULE.format(0)}")
+      for key in NON_NEGATIVE_COUNTS),
+    *((key, lambda v: is_count(v, minimum=1), f"must be at least 1 (an integer {COUNT_RULE.format(1)})")
+      for key in POSITIVE_COUNTS),
+    ("train_batch_size", lambda v: v >= 1, "must be at least 1"),
+    ("train_batch_size", lambda v: v <= MAX_MICRO_BATCH,
+     f"is above {MAX_MICRO_BATCH}: one micro-batch is held in memory at once; reach larger batches with "
+     "gradient_accumulation_steps"),
+    ("eval_samples", lambda v: 0 <= v <= MAX_EVAL_SAMPLES,
+     f"must lie in 0-{MAX_EVAL_SAMPLES} (0 skips the final evaluation; the toy metric compares every pair "
+     "of samples)"),
+    ("lr_decay_steps", lambda v: v is None or is_count(v, minimum=1),
+     f"must be none (= max_train_steps) or an integer {COUNT_RULE.format(1)}"),
+    *((key, lambda v: 0 <= v < 1, "must lie in [0, 1)")
+      for key in ("label_dropout", "adam_beta1", "adam_beta2", "lora_dropout")),
     ("learning_rate", lambda v: v > 0, "must be > 0, e.g. 1e-4"),
     ("ema_decay", lambda v: 0 <= v <= 1, "must lie in [0, 1] (0 = the student itself, 1 = a frozen copy)"),
-    ("twinflow_rectify_clip", lambda v: v is None or v > 0, "must be > 0, or none for no clip"),
-    ("twinflow_group_proportions", lambda v: len(v) == len(GROUP_NAMES) and min(v) >= 0,
+    ("lora_alpha", lambda v: v is None or v > 0, "must be > 0, or none for alpha = lora_rank"),
+    ("lora_target_modules", lambda v: len(v) > 0, f"must name at least one layer, e.g. {LORA_TARGETS}"),
+    ("lora_target_modules", lambda v: all(name.strip() for name in v), "must not hold an empty name"),
+    ("twinflow_group_proportions", lambda v: len(v) == len(GROUP_NAMES),
      f"must be 4 shares >= 0, for the groups {', '.join(GROUP_NAMES)}"),
-    ("twinflow_group_proportions", lambda v: sum(v) > 0, "are all zero; give at least one group a share > 0"),
-    ("twinflow_time_dist", lambda v: len(v) == 3 and v[0] > 0 and v[1] > 0 and 0 < v[2] <= 1,
+    ("twinflow_group_proportions", lambda v: min(v) >= 0,
+     f"must be 4 shares >= 0, for the groups {', '.join(GROUP_NAMES)}"),
+    ("twinflow_group_proportions", lambda v: sum(v) > 0,
+     "are all zero; give at least one group a share > 0"),
+    ("twinflow_time_dist", lambda v: len(v) == 3,
      "must be [a, b, scale] with Beta parameters a, b > 0 and 0 < scale <= 1 (official [1, 1, 1])"),
-    ("twinflow_enhanced_range", lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 1,
-     "must be [lo, hi] ascending within [0, 1] (official [0, 1])"),
-    ("validation_nfe", lambda v: len(v) > 0 and min(v) >= 1, "must list step counts >= 1, e.g. [1, 2, 4]"),
+    ("twinflow_time_dist", lambda v: min(v[0], v[1]) > 0,
+     "must be [a, b, scale] with Beta parameters a, b > 0 and 0 < scale <= 1 (official [1, 1, 1])"),
+    ("twinflow_time_dist", lambda v: 0 < v[2] <= 1,
+     "must be [a, b, scale] with Beta parameters a, b > 0 and 0 < scale <= 1 (official [1, 1, 1])"),
+    ("validation_nfe", lambda v: len(v) > 0, "must list step counts >= 1, e.g. [1, 2, 4]"),
+    ("validation_nfe", lambda v: min(v) >= 1, "must list step counts >= 1, e.g. [1, 2, 4]"),
     ("output_dir", lambda v: v.strip() != "", "must name a folder"),
-    ("device", lambda v: v == "auto" or v.split(":")[0] in DEVICE_TYPES, "is not a device; use auto, cpu or cuda"),
-    ("resume", lambda v: v is None or Path(v).exists(), "does not exist; give a run folder or its checkpoint"),
+    ("resume", lambda v: v is None or Path(v).exists(),
+     "does not exist; give a run folder or its checkpoint"),
 )
-TWINFLOW_RULES = (  # only when twinflow_enabled
-    ("twinflow_target_step_count", lambda v: LOW <= v <= HIGH, f"is outside {LOW}-{HIGH}; TwinFlow samples in 1-4"),
-    ("twinflow_estimate_order", lambda v: v >= 1, "must be at least 1 (official 2)"),
-    ("twinflow_delta_t", lambda v: DELTA_T_OPEN_RANGE[0] < v < DELTA_T_OPEN_RANGE[1], "must lie in (0, 0.5); "
-     "official 0.01"),
-    ("twinflow_target_clamp", lambda v: v > 0, "must be > 0; the official clip is 1.0"),
-)
-# Options only the large recipe reads (official SRC; TUT has none): with twinflow_recipe "tutorial" the loss
-# (twinflow.TwinFlowOptions) and the input sampler (twinflow.sample_training_inputs) refuse any other value.
-LARGE_ONLY_DEFAULTS = {key: getattr(TrainConfig(), key) for key in (
-    "twinflow_time_weighting", "twinflow_dist_match_cof", "twinflow_enhanced_range", "twinflow_group_proportions")}
-ADV_GROUP = GROUP_NAMES.index("adv")
+LOW, HIGH = TARGET_STEPS_ALLOWED
+# Keys that only TwinFlow reads: set away from their default while twinflow_enabled is false, they get a note.
+TWINFLOW_ONLY = tuple(key for key in FIELDS
+                      if key.startswith("twinflow_")
+                      and key not in ("twinflow_enabled", "twinflow_image_free"))
+
+
+def default_of(key: str):
+    """The dataclass default of a key (a fresh list for list keys)."""
+    field = FIELDS[key]
+    if field.default is dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _unused_twinflow_note(cfg: TrainConfig) -> list[str]:
+    """With TwinFlow off: one note naming the twinflow_* keys that were set and are not used."""
+    unused = [key for key in TWINFLOW_ONLY if getattr(cfg, key) != default_of(key)]
+    if not unused:
+        return []
+    return [f"twinflow_enabled is false (plain flow matching): {_not_used(unused)}; "
+            "set twinflow_enabled: true to train with TwinFlow"]
+
+
+def _not_used(keys: list[str]) -> str:
+    return f"{', '.join(keys)} {'is' if len(keys) == 1 else 'are'} not used"
+
+
+def _check_large_only(cfg: TrainConfig) -> None:
+    """Options only the large recipe (official SRC) reads: refused with the tutorial recipe."""
+    if cfg.twinflow_recipe == "large":
+        return
+    changed = [key for key, option in TWINFLOW_OPTION_KEYS.items()
+               if option in LARGE_ONLY and getattr(cfg, key) != _as_config(OPTION_DEFAULTS[option])]
+    proportions = SAMPLING_DEFAULTS["group_proportions"]
+    if cfg.twinflow_group_proportions != _as_config(proportions):
+        changed.append("twinflow_group_proportions")
+    if not changed:
+        return
+    key = changed[0]
+    default = default_of(key)
+    raise ConfigError(f'{key} = {getattr(cfg, key)!r} only applies to twinflow_recipe: "large"; set that, '
+                      f"or reset {key}: {json.dumps(default)}")
+
+
+def _as_config(value):
+    """A TwinFlowOptions / sampler default as the config holds it (tuples are JSON lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _check_twinflow(cfg: TrainConfig) -> list[str]:
-    for key, test, rule in TWINFLOW_RULES:
-        _require(cfg, key, test(getattr(cfg, key)), rule)
-    if not cfg.use_ema and cfg.twinflow_require_ema and not cfg.twinflow_allow_no_ema_teacher:
-        raise ConfigError("use_ema = False, but TwinFlow needs an EMA teacher: set use_ema: true, or accept the "
-                          "student as teacher: twinflow_allow_no_ema_teacher: true (or twinflow_require_ema: false)")
+    steps = cfg.twinflow_target_step_count
+    _require(cfg, "twinflow_target_step_count", LOW <= steps <= HIGH,
+             f"is outside {LOW}-{HIGH}; TwinFlow samples in 1-4")
+    _check_large_only(cfg)
+    cfg.twinflow_options()  # TwinFlowOptions checks every loss option; a refusal names the config key
+    no_teacher_ok = cfg.twinflow_allow_no_ema_teacher or not cfg.twinflow_require_ema
+    if not cfg.use_ema and not no_teacher_ok:
+        raise ConfigError("use_ema = False, but TwinFlow needs an EMA teacher: set use_ema: true, or accept "
+                          "the student as teacher: twinflow_allow_no_ema_teacher: true "
+                          "(or twinflow_require_ema: false)")
     large = cfg.twinflow_recipe == "large"
-    for key, default in LARGE_ONLY_DEFAULTS.items():  # else training raises at step 1
-        _require(cfg, key, large or getattr(cfg, key) == default, f'only applies to twinflow_recipe: "large"; '
-                 f'set that, or reset {key}: {json.dumps(default)}')
+    adv_share = cfg.twinflow_group_proportions[GROUP_NAMES.index("adv")]
     _require(cfg, "twinflow_adversarial_enabled", not large or cfg.twinflow_adversarial_enabled
-             or cfg.twinflow_group_proportions[ADV_GROUP] == 0, "but the large recipe's adv rows need it "
-             "(twinflow_group_proportions[3] > 0): set twinflow_adversarial_enabled: true, or drop the adv rows "
-             "with twinflow_group_proportions: [1, 1, 1, 0] (the RCGM recipe)")
-    _require(cfg, "twinflow_enhanced_ratio", cfg.twinflow_enhanced_ratio == 0 or not cfg.dataset.startswith("toy:"),
+             or adv_share == 0, "but the large recipe's adv rows need it (twinflow_group_proportions[3] > 0): "
+             "set twinflow_adversarial_enabled: true, or drop the adv rows with "
+             "twinflow_group_proportions: [1, 1, 1, 0] (the RCGM recipe)")
+    toy = cfg.dataset.startswith("toy:")
+    _require(cfg, "twinflow_enhanced_ratio", cfg.twinflow_enhanced_ratio == 0 or not toy,
              f"needs class labels, but {cfg.dataset} is unconditional; set twinflow_enhanced_ratio: 0.0")
-    groups = sum(share > 0 for share in cfg.twinflow_group_proportions)
-    _require(cfg, "train_batch_size", cfg.twinflow_recipe != "large" or cfg.train_batch_size >= groups,
-             f"is below the {groups} row groups of the large recipe; use at least {groups} or zero a group proportion")
-    steps, most = cfg.twinflow_target_step_count, TARGET_STEPS_RECOMMENDED_MAX
-    if steps > most:
-        return [f"twinflow_target_step_count = {steps} is above the 1-{most} steps TwinFlow is built for"]
+    _require(cfg, "twinflow_start_step", cfg.twinflow_start_step < cfg.max_train_steps,
+             f"is not below max_train_steps = {cfg.max_train_steps}: TwinFlow would never switch on; "
+             "use a smaller start step or more steps")
+    _check_from_scratch(cfg)
+    if large:
+        _check_large_batch(cfg)
+    if steps > TARGET_STEPS_RECOMMENDED_MAX:
+        return [f"twinflow_target_step_count = {steps} is above the "
+                f"1-{TARGET_STEPS_RECOMMENDED_MAX} steps TwinFlow is built for"]
     return []
 
 
-def validate(cfg: TrainConfig) -> list[str]:
-    """Raise ConfigError for the first value that cannot work; return warnings for values that look wrong."""
-    check_keys_and_types(cfg.to_dict())  # a TrainConfig built in Python has not been through the JSON/CLI checks
-    if cfg.model_type == "lora":
-        raise ConfigError("model_type = 'lora': LoRA is not implemented in twinflow-min yet; use model_type: full")
-    _require(cfg, "model_type", cfg.model_type == "full", "is unknown; use model_type: full")
+def _check_choices(cfg: TrainConfig) -> None:
+    _require(cfg, "model_family", cfg.model_family in FIELDS["model_family"].metadata["choices"],
+             "is not supported: this project trains class-conditional DiT/SiT models; use model_family: dit "
+             "(or sit)")
     for key, field in FIELDS.items():
         choices = field.metadata["choices"]
-        _require(cfg, key, not choices or getattr(cfg, key) in choices, f"is not one of {', '.join(choices or ())}")
-    # SimpleTuner's TwinFlow rules: flow matching (or an explicit diff2flow bridge), no second distiller
-    if cfg.prediction_type != "flow_matching" and cfg.twinflow_enabled:
-        _require(cfg, "prediction_type", cfg.diff2flow_enabled and cfg.twinflow_allow_diff2flow, "but TwinFlow "
-                 "requires prediction_type=flow_matching; to bridge a diffusion model set diff2flow_enabled: true "
-                 "and twinflow_allow_diff2flow: true")
-    _require(cfg, "prediction_type", cfg.prediction_type == "flow_matching" or cfg.diff2flow_enabled,
+        if choices:
+            _require(cfg, key, getattr(cfg, key) in choices, f"is not one of: {', '.join(choices)}")
+
+
+def _check_prediction(cfg: TrainConfig) -> None:
+    """SimpleTuner's TwinFlow rules: flow matching (or an explicit diff2flow bridge), no second distiller."""
+    bridged = cfg.diff2flow_enabled and cfg.twinflow_allow_diff2flow
+    flow = cfg.prediction_type == "flow_matching"
+    _require(cfg, "prediction_type", flow or bridged or not cfg.twinflow_enabled,
+             "but TwinFlow requires prediction_type=flow_matching; to bridge a diffusion model set "
+             "diff2flow_enabled: true and twinflow_allow_diff2flow: true")
+    _require(cfg, "prediction_type", flow or cfg.diff2flow_enabled,
              "cannot train here: twinflow-min trains flow matching; set diff2flow_enabled: true to bridge it")
-    _require(cfg, "distillation_method", cfg.distillation_method is None, "cannot be used: TwinFlow is its own "
-             "distillation and twinflow-min has no other; set distillation_method: null "
-             f"{'(or unset twinflow_enabled)' if cfg.twinflow_enabled else 'and twinflow_enabled: true'}")
+    fix = "(or unset twinflow_enabled)" if cfg.twinflow_enabled else "and twinflow_enabled: true"
+    _require(cfg, "distillation_method", cfg.distillation_method is None,
+             "cannot be used: TwinFlow is its own distillation and twinflow-min has no other; "
+             f"set distillation_method: null {fix}")
+
+
+def validate(cfg: TrainConfig) -> list[str]:
+    """Raise ConfigError for the first value that cannot work; return notes for values that look wrong."""
+    check_keys_and_types(cfg.to_dict())  # a TrainConfig built in Python has not been through JSON/CLI checks
+    _check_choices(cfg)
+    _check_prediction(cfg)
     for key, test, rule in RULES:
         _require(cfg, key, test(getattr(cfg, key)), rule)
+    _check_device(cfg)
     _check_pretrained(cfg)
     _check_dataset(cfg)
     if cfg.pretrained_model_name_or_path is None:
         _check_model(cfg)
-    return _check_twinflow(cfg) if cfg.twinflow_enabled else []
-
-
-
-# ---------------------------------------------------------------- command line (lives in config_cli.py)
-CLI_NAMES = ("ALIASES", "build_parser", "config_table_markdown", "preset_name", "resolve_config")
-
-
-def __getattr__(name: str):
-    """`from twinflow_min.config import resolve_config` (and the other CLI_NAMES) keeps working.
-
-    config_cli imports this module at its top; importing config_cli here only when one of its names is first
-    asked for (PEP 562) means neither module ever runs while the other is half-initialised, in either import order.
-    """
-    if name not in CLI_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from twinflow_min import config_cli
-    return getattr(config_cli, name)
+    notes = _check_lora(cfg)
+    if not cfg.twinflow_enabled:
+        _require(cfg, "twinflow_start_step", cfg.twinflow_start_step == 0,
+                 "switches TwinFlow on at that step, but twinflow_enabled is false; "
+                 "set twinflow_enabled: true (or drop twinflow_start_step)")
+        return notes + _unused_twinflow_note(cfg)
+    return notes + _check_twinflow(cfg)
