@@ -1,10 +1,10 @@
-"""Tests for twinflow_min/lora.py and tools/merge_lora.py: LoRA adapters, the shared-base EMA teacher,
-adapter files and merging.
+"""Tests for twinflow_min/lora.py and tools/merge_lora.py: LoRA adapters, the shared-base EMA
+teacher, adapter files and merging.
 
 Models are tiny DiTs (hidden 64, depth 2, 16 tokens) whose every weight is drawn at random, so no
 zero-initialised layer hides a missing term. Time convention: see twinflow_min/transport.py.
-Expected values are independent: the untouched base model, an explicit full EMA copy (EMATeacher over
-a deep copy), hashlib's sha256, and closed-form parameter counts.
+Expected values are independent: the untouched base model, an explicit full EMA copy (EMATeacher
+over a deep copy), float64 re-computations, hashlib's sha256, and closed-form parameter counts.
 """
 
 import copy
@@ -39,8 +39,8 @@ PER_BLOCK = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"
 
 
 def pretrained_like(seed: int = 0, **overrides) -> DiT:
-    """A tiny DiT whose base weights are all random (as after pretraining); the TwinFlow embedders keep
-    their initialisation, as load_pretrained leaves them for a file that lacks them."""
+    """A tiny DiT whose base weights are all random (as after pretraining); the TwinFlow embedders
+    keep their initialisation, as load_pretrained leaves them for a file that lacks them."""
     model = build_model("CIFAR-T/2", input_size=8, **overrides)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -62,7 +62,8 @@ def inputs(seed: int = 1, batch: int = 4):
 
 def train_steps(model, steps: int = 3, teachers=(), lr: float = 1e-2, seed: int = 2):
     """AdamW steps (with weight decay, which would move any frozen tensor it were given) on a flow
-    matching loss at real and fake times; every teacher is updated before each step (train.py order)."""
+    matching loss at real and fake times; each teacher is updated before every step (train.py's
+    order) and once after the last."""
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=lr, weight_decay=0.1)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -81,9 +82,9 @@ def train_steps(model, steps: int = 3, teachers=(), lr: float = 1e-2, seed: int 
 
 
 def write_base_file(model: DiT, path: Path, dtype=torch.float32) -> Path:
-    """A pretrained-style file: every tensor but the TwinFlow embedders, model config in metadata."""
-    tensors = {key: value.detach().to(dtype).contiguous() for key, value in model.state_dict().items()
-               if not key.startswith(TWINFLOW_KEYS)}
+    """A pretrained-style file: every tensor but the TwinFlow embedders; config in metadata."""
+    tensors = {key: value.detach().to(dtype).contiguous()
+               for key, value in model.state_dict().items() if not key.startswith(TWINFLOW_KEYS)}
     save_file(tensors, str(path), metadata=config_to_metadata(model.config))
     return path
 
@@ -188,7 +189,8 @@ def test_trainable_tensors_are_the_adapters_and_twinflow_embedders():
                      + (4 * hidden + hidden) + (hidden + 6 * hidden))  # fc2 256->64, adaLN 64->384
     final = 4 * (hidden + 2 * hidden)
     embedder = (256 * hidden + hidden) + (hidden * hidden + hidden) + 2 * hidden
-    assert sum(p.numel() for p in trainable_parameters(model)) == DEPTH * per_block + final + embedder
+    total = sum(p.numel() for p in trainable_parameters(model))
+    assert total == DEPTH * per_block + final + embedder
 
 
 def test_after_training_only_adapters_and_embedders_changed():
@@ -203,7 +205,7 @@ def test_after_training_only_adapters_and_embedders_changed():
         else:
             assert torch.equal(value, before[key]), key
     sign = model.t_sign_embedder.weight
-    assert not torch.equal(sign[1], before["t_sign_embedder.weight"][1])  # the fake-branch row trains
+    assert not torch.equal(sign[1], before["t_sign_embedder.weight"][1])  # the fake-branch row
 
 
 def test_merge_matches_unmerged_and_restores_plain_keys():
@@ -322,7 +324,8 @@ def test_adapter_file_holds_no_base_tensor(trained_run):
     names = trainable_names(model)
     with safe_open(str(adapter_path), framework="pt") as handle:
         keys, metadata = list(handle.keys()), handle.metadata()
-    assert sorted(keys) == sorted([f"model.{n}" for n in names] + [f"ema.teacher.{n}" for n in names])
+    expected = [f"model.{n}" for n in names] + [f"ema.teacher.{n}" for n in names]
+    assert sorted(keys) == sorted(expected)
     base_keys = set(model.state_dict()) - set(names)
     assert not base_keys & {key.split(".", 1)[1] for key in keys}
     assert not base_keys & {key.split(".", 2)[2] for key in keys if key.startswith("ema.")}
@@ -364,7 +367,7 @@ def test_load_adapter_refuses_a_different_or_missing_base(trained_run, tmp_path)
         load_adapter(other_path)
 
 
-# ----------------------------------------------------------------------------------------- merge tool
+# ------------------------------------------------------------------------------------- merge tool
 def test_merge_tool_writes_a_plain_model_file(trained_run, tmp_path, capsys):
     base_path, adapter_path, _, teacher = trained_run
     out = tmp_path / "merged.safetensors"
