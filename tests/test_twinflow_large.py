@@ -207,8 +207,10 @@ def test_large_terms_golden_and_equal_to_src(loss_type, weighting, ratio, frozen
     loss_fn = ref_barron if loss_type == "barron" else ref_l2
     reference, total = ref_terms(student, teacher, inputs, loss_fn=loss_fn, weighting=weighting, enr=ratio,
                                  frozen=frozen, clamp=clamp)
+    # SRC's ema_decay_rate == 1 does both things the reference `frozen` does: the two switches
     terms = call_large(student, teacher, inputs, loss_type=loss_type, time_weighting=weighting,
-                       enhanced_ratio=ratio, frozen_teacher=frozen, target_clamp=clamp)
+                       enhanced_ratio=ratio, rcgm_teacher_is_student=frozen,
+                       enhance_around_null=frozen, target_clamp=clamp)
     golden = GOLDEN_LARGE[(loss_type, weighting, ratio, frozen, clamp)]
     assert set(terms) == set(golden) | {"loss"}
     for name, literal in golden.items():

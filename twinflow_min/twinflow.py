@@ -1,17 +1,18 @@
-"""TwinFlow training losses (tutorial recipe) and the pure functions both recipes share.
+"""TwinFlow training losses, tutorial recipe, and the pieces both recipes share.
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 3: L = L_base (RCGM any-step loss) + L_TwinFlow, L_TwinFlow = L_adv (flow
-matching on the model's own one-step samples at negative time) + L_rectify (velocity matching, Eq. 7:
-delta_v = v_fake - v_real). Faithful to the official `tutorials/mnist/methodes.py` ("TUT") `TwinFlow.training_step`
-and its helpers `get_rcgm_target`, `multi_fwd`, `get_refer_predc`, `enhance_target`, `dist_match`,
-`prepare_inputs` (reference doc §2.1-2.11). The SRC large-scale recipe is in `twinflow_large.py`.
+Paper: TwinFlow (arXiv:2512.05150), Sec. 3. L = L_base + L_TwinFlow, where L_base is the RCGM any-step
+loss and L_TwinFlow = L_adv (flow matching on the model's own one-step samples at negative time)
++ L_rectify (Eq. 9, driven by delta_v = v_fake - v_real of Eq. 7). The derivation, equation by equation,
+is docs/math.md; the time convention is stated once in twinflow_min/transport.py.
 
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake (twin) branch.
-The model F(x_t, t, t_tgt, y) is the average velocity from t to t_tgt.
+Faithful to the official tutorial `tutorials/mnist/methodes.py` ("TUT"): `TwinFlow.training_step` and its
+helpers `get_rcgm_target`, `multi_fwd`, `get_refer_predc`, `enhance_target`, `dist_match`, `prepare_inputs`.
+The large-scale recipe (official `src/methodes/twinflow/twinflow.py`, "SRC") is twinflow_large.py, which
+builds on this module and registers itself in `LARGE_RECIPE` when imported.
 
-Official bugs touched: B6 (NaN RCGM target at t == t_tgt: guarded), B10 (L_consistency re-uses v~ of (x_t, t) at
-(z, 1): kept, documented), B11 (L_adv on coupled lines, delta_v on independent noise: kept), B12 (shuffled labels
-as "unconditional": we take `y_null`), B16 (Barron loss without float32 upcast: upcast). B2 is fixed in `rng.py`.
+Read in this order: `TwinFlowOptions` (every option, its default and its range, once), `tutorial_losses`
+(six numbered blocks in the paper's order), then the pure math it calls: `rcgm_target`, `enhance_target`,
+`rectify_delta_v`. Official behaviours we change are listed in docs/math.md#official-differences.
 """
 
 from __future__ import annotations
@@ -19,106 +20,201 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from twinflow_min.checks import is_count, is_int, is_real
 from twinflow_min.rng import capture_rng_state, replay_rng_state
 from twinflow_min.transport import check_time, expand_time, interpolate, invert, velocity_target
 
-DELTA_T = 0.01  # RCGM step Delta (official `(t - 0.01).clamp_min(tt)`, `100 * (t - tt)`)
-TARGET_CLAMP = 1.0  # official `.clamp(min=-1.0, max=1.0)` on the RCGM residual
+DELTA_T = 0.01  # RCGM step Delta (TUT `(t - 0.01).clamp_min(tt)`, `100 * (t - tt)`)
+TARGET_CLAMP = 1.0  # TUT `.clamp(min=-1.0, max=1.0)` on the RCGM residual
 BARRON_EPS = 1e-8  # SRC `barron_reweighting_loss`: `mse / (c**2 + 1e-8)`
 BARRON_ALPHA_TWO_TOL = 1e-5  # SRC: `abs(alpha - 2.0) < 1e-5` means plain L2 weight 1
-MIN_LOSS_DTYPE = torch.float32  # official l2_loss computes in float32 (we keep float64 as float64)
-RECIPES = ("tutorial", "large")
+MIN_MATH_DTYPE = torch.float32  # targets and losses are computed in at least float32
+RECIPE_NAMES = ("tutorial", "large")
 LOSS_TYPES = ("l2", "barron")
-LARGE_ONLY = ("time_weighting", "dist_match_cof", "enhanced_range", "frozen_teacher")  # SRC-only options
-POSITIVE_OPTIONS = ("delta_t", "target_clamp", "barron_c")
-NON_NEGATIVE_OPTIONS = ("enhanced_ratio", "adversarial_weight", "rectify_weight", "consistency_weight",
-                        "realvel_weight", "dist_match_cof")
+NUM_GROUPS = 4  # row groups of the large recipe (e2e, mul, any, adv)
+
+# recipe="large" is implemented in twinflow_large.py, which builds on this module and fills this table
+# ({"losses": large_recipe_losses, "inputs": sample_large_inputs}) when imported; the package
+# __init__ imports it, so the table is full whenever twinflow_min is importable.
+LARGE_RECIPE: dict[str, Callable] = {}
 
 
-def _is_number(value, kinds=(int, float), allow_inf: bool = False) -> bool:
-    """A real number of the given kinds (bool excluded), finite unless allow_inf."""
-    return isinstance(value, kinds) and not isinstance(value, bool) and (allow_inf or math.isfinite(value))
 
 
-# ----------------------------------------------------------------------------------------------- options
+def _large_recipe(part: str) -> Callable:
+    if part not in LARGE_RECIPE:
+        raise RuntimeError("recipe='large' is registered by twinflow_min.twinflow_large; import it "
+                           "(the twinflow_min package does so when it is imported)")
+    return LARGE_RECIPE[part]
+
+
+# ================================================================================================ options
+class OptionError(ValueError):
+    """A TwinFlow option outside its range: str(error) == f"{option} = {value!r} {rule}"."""
+
+    def __init__(self, option: str, value, rule: str):
+        super().__init__(f"{option} = {value!r} {rule}")
+        self.option, self.value, self.rule = option, value, rule
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+def _at_least(low: float) -> Callable:
+    return lambda value, options: is_real(value) and value >= low
+
+
+def _is_range(value) -> bool:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return False
+    low, high = value
+    return is_real(low) and is_real(high) and 0 <= low < high <= 1
+
+
+def _order_fits(value, options) -> bool:
+    lowest = 0 if options.recipe == "large" else 1
+    return is_int(value) and value >= lowest
+
+
+# option -> (check(value, options), rule): the one place where a range is written. `recipe` comes first
+# because the range of `estimate_order` depends on it.
+OPTION_RULES: dict[str, tuple[Callable, str]] = {
+    "recipe": (lambda v, o: v in RECIPE_NAMES, f"must be one of {RECIPE_NAMES}"),
+    "estimate_order": (_order_fits, "must be an integer >= 1 (>= 0 with recipe='large': SRC's "
+                                    "flow-matching mode); official 2"),
+    "delta_t": (lambda v, o: is_real(v) and 0 < v < 0.5, "must lie in (0, 0.5); official 0.01"),
+    "target_clamp": (lambda v, o: is_real(v) and v > 0, "must be a number > 0; official 1"),
+    "enhanced_ratio": (_at_least(0), "must be a number >= 0 (0 = no CFG in the target)"),
+    "adversarial_enabled": (lambda v, o: _is_bool(v), "must be True or False"),
+    "adversarial_weight": (_at_least(0), "must be a number >= 0"),
+    "rectify_weight": (_at_least(0), "must be a number >= 0"),
+    "consistency_weight": (_at_least(0), "must be a number >= 0"),
+    "realvel_weight": (_at_least(0), "must be a number >= 0"),
+    "loss_type": (lambda v, o: v in LOSS_TYPES, f"must be one of {LOSS_TYPES}"),
+    "barron_alpha": (lambda v, o: is_real(v), "must be a finite number; SRC 1"),
+    "barron_c": (lambda v, o: is_real(v) and v > 0, "must be a number > 0; SRC 1e-3"),
+    "time_weighting": (lambda v, o: _is_bool(v), "must be True or False"),
+    "dist_match_cof": (_at_least(0), "must be a number >= 0; SRC 0.5"),
+    "rectify_clip": (lambda v, o: v is None or (is_real(v, allow_inf=True) and v > 0),
+                     "must be None (recipe default) or a number > 0 (math.inf = no clip)"),
+    "enhanced_range": (lambda v, o: _is_range(v), "must be two numbers lo < hi within [0, 1]"),
+    "consistency_ratio": (lambda v, o: is_real(v) and 0 <= v <= 1,
+                          "must lie in [0, 1] (SRC consistc_ratio); official 1"),
+    "rcgm_teacher_is_student": (lambda v, o: _is_bool(v), "must be True or False"),
+    "enhance_around_null": (lambda v, o: _is_bool(v), "must be True or False"),
+    "frozen_teacher": (lambda v, o: _is_bool(v), "must be True or False"),
+}
+
+LARGE_ONLY = ("time_weighting", "dist_match_cof", "enhanced_range", "consistency_ratio",
+              "rcgm_teacher_is_student", "enhance_around_null", "frozen_teacher")  # SRC-only options
+
+
 @dataclass(frozen=True)
 class TwinFlowOptions:
-    """Keyword options of `twinflow_losses`. Defaults reproduce the official tutorial (TUT) loss."""
-    estimate_order: int = 2  # RCGM N (TUT / SRC default 2); the large recipe also allows 0 (SRC flow-matching mode)
-    delta_t: float = DELTA_T
-    target_clamp: float = TARGET_CLAMP
-    enhanced_ratio: float = 0.0  # CFG weight w baked into the target (TUT class default 0.0; MNIST main.py 0.5)
-    adversarial_enabled: bool = True  # False: only L_base + L_realvel (RCGM + real velocity)
+    """Options of `twinflow_losses`; defaults reproduce the official tutorial loss (TUT).
+
+    Build once per run: `__post_init__` checks every field against `OPTION_RULES` and raises
+    `OptionError` naming the field; the options in `LARGE_ONLY` must keep their default with the tutorial
+    recipe (TUT has none of them). `frozen_teacher=True` is kept for compatibility and means
+    `rcgm_teacher_is_student=True` (SRC's ema_decay_rate == 1 on real data).
+    """
+    estimate_order: int = 2  # RCGM N, teacher jumps in the target (docs/math.md#rcgm-target)
+    delta_t: float = DELTA_T  # RCGM step Delta
+    target_clamp: float = TARGET_CLAMP  # clip of the RCGM residual
+    enhanced_ratio: float = 0.0  # CFG weight w baked into v~ (TUT class default 0; MNIST main.py 0.5)
+    adversarial_enabled: bool = True  # the fake (twin) branch; False: L_base + real velocity only
     adversarial_weight: float = 1.0
     rectify_weight: float = 1.0
     consistency_weight: float = 1.0
     realvel_weight: float = 1.0
     recipe: str = "tutorial"
-    loss_type: str = "l2"  # "l2" (TUT) | "barron" (SRC default, alpha 1, c 1e-3)
+    loss_type: str = "l2"  # "l2" (TUT) | "barron" (SRC default with alpha 1, c 1e-3)
     barron_alpha: float = 1.0
     barron_c: float = 1e-3
-    time_weighting: bool = False  # large recipe: SRC tan weight omega(t, t_tgt)
-    dist_match_cof: float = 0.5  # large recipe: SRC `dist_match_cof` on loss_rectify
-    rectify_clip: float | None = None  # None: recipe default (tutorial no clip, large 1.0 like SRC); math.inf = off
-    enhanced_range: tuple[float, float] = (0.0, 1.0)  # large recipe: CFG only on rows lo < t < hi (SRC, B9)
-    frozen_teacher: bool = False  # large recipe: SRC `ema_decay_rate == 1` (RCGM uses the student)
+    time_weighting: bool = False  # large: SRC tan weight omega(t, t_tgt)
+    dist_match_cof: float = 0.5  # large: SRC factor on loss_rectify
+    rectify_clip: float | None = None  # None: tutorial no clip, large 1.0 (SRC)
+    enhanced_range: tuple[float, float] = (0.0, 1.0)  # large: CFG only where lo < t < hi (SRC)
+    consistency_ratio: float = 1.0  # large: SRC consistc_ratio (0: no RCGM; != 1: no rectify)
+    rcgm_teacher_is_student: bool = False  # large: SRC ema_decay_rate == 1, RCGM passes use the student
+    enhance_around_null: bool = False  # large: v~ = F_null + w (F_cond - F_null) (SRC decay 1 form)
+    frozen_teacher: bool = False  # compatibility keyword: sets rcgm_teacher_is_student
 
     def __post_init__(self):
-        for name in ("adversarial_enabled", "time_weighting", "frozen_teacher"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name, allowed in (("recipe", RECIPES), ("loss_type", LOSS_TYPES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        lowest = 1 if self.recipe == "tutorial" else 0
-        if not _is_number(self.estimate_order, int) or self.estimate_order < lowest:
-            raise ValueError(f"estimate_order must be an integer >= {lowest} for recipe={self.recipe!r} (the number N "
-                             f"of teacher jumps in the RCGM target; official 2), got {self.estimate_order!r}")
-        for name in (*POSITIVE_OPTIONS, *NON_NEGATIVE_OPTIONS, "barron_alpha"):
-            value, positive = getattr(self, name), name in POSITIVE_OPTIONS
-            if not _is_number(value) or (positive and value <= 0) or (name in NON_NEGATIVE_OPTIONS and value < 0):
-                bound = " > 0" if positive else " >= 0" if name in NON_NEGATIVE_OPTIONS else ""
-                raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
-        if self.delta_t >= 1 or not (self.rectify_clip is None or _is_number(self.rectify_clip, (int, float), True)
-                                     and self.rectify_clip > 0):
-            raise ValueError(f"need 0 < delta_t < 1 (official 0.01) and rectify_clip None or > 0, got delta_t="
-                             f"{self.delta_t!r}, rectify_clip={self.rectify_clip!r}")
-        low_high = tuple(self.enhanced_range) if isinstance(self.enhanced_range, (tuple, list)) else ()
-        if len(low_high) != 2 or not all(_is_number(v) for v in low_high) or not 0 <= low_high[0] < low_high[1] <= 1:
-            raise ValueError(f"enhanced_range must be two numbers lo < hi within [0, 1], got {self.enhanced_range!r}")
-        object.__setattr__(self, "enhanced_range", (float(low_high[0]), float(low_high[1])))
-        changed = [f.name for f in dataclasses.fields(self)
-                   if f.name in LARGE_ONLY and getattr(self, f.name) != f.default]
-        if self.recipe == "tutorial" and changed:
-            raise ValueError(f"option(s) {changed} only apply to recipe='large' (official SRC); the tutorial recipe "
-                             f"mirrors TUT, which has none of them: use recipe='large' or reset them")
+        for name, (fits, rule) in OPTION_RULES.items():
+            if not fits(getattr(self, name), self):
+                raise OptionError(name, getattr(self, name), rule)
+        low, high = self.enhanced_range
+        object.__setattr__(self, "enhanced_range", (float(low), float(high)))
+        if self.frozen_teacher:
+            object.__setattr__(self, "rcgm_teacher_is_student", True)
+        if self.recipe == "tutorial":
+            for field in dataclasses.fields(self):
+                value = getattr(self, field.name)
+                if field.name in LARGE_ONLY and value != field.default:
+                    raise OptionError(field.name, value, "is set, but large-recipe options only "
+                                      "apply to recipe='large' (SRC); the tutorial mirrors TUT, "
+                                      "which has none: use recipe='large' or reset it")
 
     @classmethod
     def from_keywords(cls, **options) -> "TwinFlowOptions":
-        """Build from keywords; an unknown keyword is a TypeError that names it and lists the valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
+        """Build from keywords; an unknown keyword is a TypeError naming it and the valid ones."""
+        valid = [field.name for field in dataclasses.fields(cls)]
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise TypeError(f"unknown TwinFlow option(s) {unknown}; valid options: {', '.join(valid)}")
         return cls(**options)
 
 
-# ----------------------------------------------------------------------------------------- per-sample losses
+def uses_rcgm_target(options: TwinFlowOptions) -> bool:
+    """True when the loss asks the model for F(x_t, t, t_tgt) with t_tgt != t (an RCGM target)."""
+    return options.estimate_order >= 1 and options.consistency_ratio != 0
+
+
+def check_model_fits(model, options: TwinFlowOptions) -> None:
+    """Raise ValueError (one line, naming the fix) when `model` cannot represent what `options` train.
+
+    (a) the adversarial branch needs a model that sees the sign of t: without it F(x, -t, -t) equals
+    F(x, t, t), loss_rectify is exactly 0 and L_adv pulls the real branch toward the fake target;
+    (b) an RCGM target needs the target-time embedding, else F cannot depend on t_tgt.
+    Models without `.config` (test doubles, plain functions) pass; DDP / torch.compile wrappers are unwrapped.
+    """
+    for wrapper in ("module", "_orig_mod"):
+        model = getattr(model, wrapper, model)
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    if options.adversarial_enabled and getattr(config, "use_time_sign", True) is False:
+        raise ValueError("the adversarial (twin) branch needs a model that sees the sign of t, but this "
+                         "model has use_time_sign=False: build it with use_time_sign=True or set "
+                         "adversarial_enabled=False (twinflow_adversarial_enabled false)")
+    if uses_rcgm_target(options) and getattr(config, "use_target_time", True) is False:
+        raise ValueError("RCGM targets need F(x_t, t, t_tgt) for t_tgt != t, but this model has "
+                         "use_target_time=False: build it with use_target_time=True, or train plain flow "
+                         "matching (twinflow_enabled false)")
+
+
+# ====================================================================================== per-sample losses
 def l2_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-sample mean squared error (B,), computed in at least float32 and cast back (TUT/SRC `l2_loss`)."""
-    dtype = torch.promote_types(pred.dtype, MIN_LOSS_DTYPE)
+    """Per-sample mean squared error (B,), computed in >= float32, cast back (TUT/SRC `l2_loss`).
+
+    docs/math.md#per-sample-losses."""
+    dtype = torch.promote_types(pred.dtype, MIN_MATH_DTYPE)
     return (pred.to(dtype) - target.to(dtype)).square().flatten(1).mean(dim=1).to(pred.dtype)  # (B,)
 
 
 def barron_loss(pred: Tensor, target: Tensor, alpha: float = 1.0, c: float = 1e-3) -> Tensor:
-    """Per-sample Barron-reweighted L2 (B,) = m * sg(w) / c, m = mean sq. error (SRC `barron_reweighting_loss`).
+    """Per-sample Barron-reweighted L2 (B,) = m sg(w) / c with m the mean squared error.
 
-    Reference §2.8, G10; alpha = 1 is about 1.005 * RMSE. Computed in >= float32 like `l2_loss` (B16 fix)."""
-    dtype = torch.promote_types(pred.dtype, MIN_LOSS_DTYPE)
+    SRC `barron_reweighting_loss`; docs/math.md#per-sample-losses. alpha = 1 is about 1.005 RMSE.
+    Computed in >= float32 like `l2_loss` (SRC computes in the input dtype)."""
+    dtype = torch.promote_types(pred.dtype, MIN_MATH_DTYPE)
     mse = (pred.to(dtype) - target.to(dtype)).square().flatten(1).mean(dim=1)  # (B,)
     if abs(alpha - 2.0) < BARRON_ALPHA_TWO_TOL:
         weight = torch.ones_like(mse)
@@ -135,84 +231,110 @@ def per_sample_loss(pred: Tensor, target: Tensor, options: TwinFlowOptions) -> T
     return l2_loss(pred, target)
 
 
-# ------------------------------------------------------------------------------------------- small helpers
-def _check_batch(x) -> None:
+# ============================================================================== checks at the door
+def check_batch(x) -> None:
+    """x must be a float tensor (B, ...) with B >= 1."""
     if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] < 1 or not x.is_floating_point():
-        raise ValueError(f"x must be a float batch tensor (B, ...) with B >= 1, got {getattr(x, 'shape', type(x))}")
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a float batch tensor (B, ...) with B >= 1, got {got}")
 
 
-def _check_like(name: str, tensor, like: Tensor) -> None:
-    if not isinstance(tensor, Tensor) or tensor.shape != like.shape:
+def check_like(name: str, tensor, shape: tuple) -> None:
+    """`tensor` must be a tensor of exactly `shape`."""
+    if not isinstance(tensor, Tensor) or tuple(tensor.shape) != tuple(shape):
         got = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
-        raise ValueError(f"{name} must have the shape of the batch {tuple(like.shape)}, got {got}")
+        raise ValueError(f"{name} must have the shape {tuple(shape)}, got {got}")
 
 
-def _check_labels(batch_size: int, **labels) -> None:
+def check_labels(batch_size: int, **labels) -> None:
+    """Each label tensor must be None or a LongTensor (batch_size,) of class ids."""
     for name, y in labels.items():
-        if y is not None and (not isinstance(y, Tensor) or y.dtype != torch.long or y.shape != (batch_size,)):
+        if y is None:
+            continue
+        if not isinstance(y, Tensor) or y.dtype != torch.long or tuple(y.shape) != (batch_size,):
             got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, Tensor) else type(y).__name__
-            raise ValueError(f"{name} must be None or a LongTensor ({batch_size},) of class ids, got {got}")
+            raise ValueError(f"{name} must be None or a LongTensor ({batch_size},) of class ids, "
+                             f"got {got}")
 
 
-def _check_unit_times(batch_size: int, **times) -> None:
+def check_times(batch_size: int, **times) -> None:
+    """Each time must be a tensor (batch_size,) within [-1, 1] (transport.check_time)."""
     for name, tensor in times.items():
-        if check_time(tensor, name).shape[0] != batch_size or bool((tensor < 0).any()):
-            raise ValueError(f"{name} must have shape ({batch_size},) with values in [0, 1], got {tuple(tensor.shape)}")
+        if check_time(tensor, name).shape != (batch_size,):
+            raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(tensor.shape)}")
 
 
-def _concat_rows(rows: list[tuple]) -> tuple:
-    """Concatenate row sets (x, t, t_tgt, y) along the batch; y stays None when every y is None."""
-    xs, ts, t_tgts, ys = zip(*rows)
-    y = None if ys[0] is None else torch.cat(ys)
-    return torch.cat(xs), torch.cat(ts), torch.cat(t_tgts), y
+def check_cfg_labels(options: TwinFlowOptions, y, y_null) -> None:
+    """A CFG target (enhanced_ratio > 0) needs class labels and null labels."""
+    if options.enhanced_ratio == 0:
+        return
+    if y is None or y_null is None:
+        raise ValueError(f"enhanced_ratio={options.enhanced_ratio} needs class labels y and null labels "
+                         f"y_null (the CFG branch); an unconditional model has no CFG branch: set "
+                         f"enhanced_ratio=0")
 
 
-def forward_rows(model, rows: dict[str, tuple]) -> dict[str, Tensor]:
-    """Evaluate independent row sets {name: (x, t, t_tgt, y)} in ONE model call and split the output by name."""
-    if not rows:
-        return {}
-    output = model(*_concat_rows(list(rows.values())))  # (sum of B_i, ...)
-    return dict(zip(rows, output.split([row[0].shape[0] for row in rows.values()])))
-
-
-# --------------------------------------------------------------------------------------- shared pure math
-def rcgm_target(teacher, x_t: Tensor, t: Tensor, t_tgt: Tensor, F: Tensor, v_target: Tensor, y: Tensor | None = None,
-                *, order: int = 2, delta_t: float = DELTA_T, clamp: float = TARGET_CLAMP, rng_state=None) -> Tensor:
-    """Detached RCGM target sg(F) - clip(R, +-clamp) for the student output F = F(x_t, t, t_tgt) (reference §2.1).
-
-    Official `get_rcgm_target` + `multi_fwd` (TUT; SRC L216-260): t_mid = max(t - Delta, t_tgt), y_0 = x_t - Delta v,
-    N = `order` teacher jumps on the uniform grid s_i from t_mid to t_tgt give D = sum_i (s_i - s_{i+1})
-    F^-(y_i, s_i, s_{i+1}); R = (t - t_tgt)/Delta F - D/Delta - v, or R = F - v on rows with t < t_tgt + Delta
-    (there D = 0). The official `F - D / (t - t_tgt) - v` is NaN at t == t_tgt (B6); we return its limit. Teacher
-    passes run under no_grad with `rng_state` replayed (rng.py), none when every row is near. Any shape (B, ...).
-    """
-    for name, tensor in (("F", F), ("v_target", v_target)):
-        _check_like(name, tensor, x_t)
-    _check_unit_times(x_t.shape[0], t=t, t_tgt=t_tgt)
+def _check_tutorial_inputs(x, y, *, z, t, t_tgt, z_rect, s_rect, y_null, groups, z_fake,
+                           options: TwinFlowOptions) -> None:
+    """Every argument of the tutorial loss, checked once (the math below trusts them)."""
+    if groups is not None or z_fake is not None:
+        raise ValueError("groups / z_fake belong to recipe='large'; draw the tutorial inputs with "
+                         "sample_training_inputs(x, generator) or pass recipe='large'")
+    check_batch(x)
+    batch = x.shape[0]
+    check_like("z", z, x.shape)
+    check_like("z_rect", z_rect, x.shape)
+    check_times(batch, t=t, t_tgt=t_tgt, s_rect=s_rect)
+    check_labels(batch, y=y, y_null=y_null)
+    check_cfg_labels(options, y, y_null)
+    if bool((t_tgt < 0).any()):
+        raise ValueError("t_tgt must lie in [0, 1]: the tutorial's base rows live on the real trajectory "
+                         "(0 <= t_tgt <= t); draw them with sample_training_inputs")
+    if bool((s_rect < 0).any()):
+        raise ValueError("s_rect must lie in [0, 1]; draw it with sample_training_inputs")
     if bool((t_tgt > t).any()):
-        raise ValueError("the RCGM target lives on the real trajectory: it needs 0 <= t_tgt <= t for every row "
-                         "(fake-branch rows with negative time get a plain flow-matching target instead)")
-    if not _is_number(order, int) or order < 1:
-        raise ValueError(f"order must be an integer >= 1 (the number N of teacher jumps), got {order!r}")
-    F, v_target = F.detach(), v_target.detach()
-    t, t_tgt = t.to(x_t.dtype), t_tgt.to(x_t.dtype)
+        raise ValueError("the RCGM target lives on the real trajectory: it needs 0 <= t_tgt <= t for "
+                         "every row")
+
+
+# =================================================================================== shared pure math
+def rcgm_target(teacher, x_t: Tensor, t: Tensor, t_tgt: Tensor, F: Tensor, v_target: Tensor,
+                y: Tensor | None = None, *, order: int = 2, delta_t: float = DELTA_T,
+                clamp: float = TARGET_CLAMP, rng_state=None) -> Tensor:
+    """Detached RCGM target sg(F) - clip(R, +-clamp) for the student output F = F(x_t, t, t_tgt).
+
+    docs/math.md#rcgm-target (TUT `get_rcgm_target` + `multi_fwd`, SRC the same). Shapes: x_t, F,
+    v_target (B, ...); t, t_tgt (B,) with 0 <= t_tgt <= t (checked by the callers' doors).
+    t_mid = max(t - Delta, t_tgt), y_0 = x_t - Delta v; N = `order` teacher jumps on the uniform grid s_i
+    from t_mid to t_tgt give D = sum_i (s_i - s_{i+1}) F^-(y_i, s_i, s_{i+1}); then
+    R = (t - t_tgt)/Delta F - D/Delta - v, or R = F - v on near rows t < t_tgt + Delta (D = 0 there; the
+    official form is NaN at t == t_tgt, we return its limit). Teacher passes run under no_grad, each
+    replaying `rng_state` (docs/math.md#rng-replay), and are skipped only when every row is near.
+    The arithmetic runs in at least float32 and the target is returned in that dtype (float32 for
+    bf16 / fp16 inputs): the residual cancels two terms about 1/Delta times larger than itself.
+    """
+    assert F.shape == x_t.shape and v_target.shape == x_t.shape, "F and v_target must match x_t"
+    dtype = torch.promote_types(x_t.dtype, MIN_MATH_DTYPE)
+    F, v_target = F.detach().to(dtype), v_target.detach().to(dtype)  # (B, ...)
+    t, t_tgt = t.to(dtype), t_tgt.to(dtype)  # (B,)
     near = t < t_tgt + delta_t  # (B,) official `mask`
     with torch.no_grad():
         displacement = torch.zeros_like(F)  # (B, ...) D
         if not bool(near.all()):
             t_mid = torch.maximum(t - delta_t, t_tgt)  # (B,) official `t_m`
-            y_i = x_t - delta_t * v_target  # (B, ...) one exact conditional Euler step of length Delta
+            y_i = x_t.to(dtype) - delta_t * v_target  # (B, ...) one exact conditional step of length Delta
             for i in range(order):
                 # s_i = t_mid (1 - i/N) + t_tgt (i/N)   (official `multi_fwd` grid)
                 s_i = t_mid * (1 - i / order) + t_tgt * (i / order)  # (B,)
                 s_next = t_mid * (1 - (i + 1) / order) + t_tgt * ((i + 1) / order)  # (B,)
                 with replay_rng_state(rng_state):
-                    F_teacher = teacher(y_i, s_i, s_next, y)  # (B, ...)
+                    F_teacher = teacher(y_i.to(x_t.dtype), s_i.to(x_t.dtype), s_next.to(x_t.dtype), y)
+                F_teacher = F_teacher.to(dtype)  # (B, ...)
                 step = expand_time(s_i - s_next, F)  # (B, 1, ...)
                 displacement = displacement + step * F_teacher
-                y_i = y_i - step * F_teacher  # any-step jump to s_{i+1} (= alpha(s) z_hat + gamma(s) x_hat)
+                y_i = y_i - step * F_teacher  # any-step jump to s_{i+1}
         gap = expand_time(t - t_tgt, F)  # (B, 1, ...)
-        # R = cof_l F - cof_r D - v   with cof_l = (t - t_tgt)/Delta, cof_r = 1/Delta (far) | R = F - v (near)
+        # R = cof_l F - cof_r D - v with cof_l = (t - t_tgt)/Delta, cof_r = 1/Delta (far) | R = F - v (near)
         near_rows = near.reshape(-1, *([1] * (F.dim() - 1)))  # (B, 1, ...)
         residual = torch.where(near_rows, F - v_target,
                                gap / delta_t * F - displacement / delta_t - v_target)  # (B, ...)
@@ -220,176 +342,318 @@ def rcgm_target(teacher, x_t: Tensor, t: Tensor, t_tgt: Tensor, F: Tensor, v_tar
 
 
 def enhance_target(teacher, x_t: Tensor, t: Tensor, v_target: Tensor, y, y_null, ratio: float, *,
-                   rng_state=None, frozen_teacher: bool = False) -> Tensor:
-    """CFG-enhanced target v~ = v + ratio * (F^-(x_t,t,t|y) - F^-(x_t,t,t|y_null))  (reference §2.7).
+                   rng_state=None, around_null: bool = False) -> Tensor:
+    """CFG-enhanced target v~ = v + w (F^-(x_t, t, t | y) - F^-(x_t, t, t | y_null)), w = `ratio`.
 
-    Official `get_refer_predc` + `enhance_target` (TUT; SRC L186-200, L316-325): two teacher passes under no_grad,
-    each with `rng_state` replayed so they differ only by the class. ratio 0 returns `v_target` without teacher
-    calls. frozen_teacher=True gives SRC's `ema_decay_rate == 1` form F^-_null + ratio * (F^-_y - F^-_null).
-    The tutorial's "unconditional" labels were a shuffled batch (B12); pass the null class as `y_null`.
+    docs/math.md#cfg-target (TUT `get_refer_predc` + `enhance_target`; SRC the same). Shapes: x_t,
+    v_target (B, ...); t, y, y_null (B,). Two teacher passes under no_grad, each replaying `rng_state` so
+    they differ only by the class; ratio 0 returns `v_target` without a teacher pass. around_null=True
+    gives SRC's frozen-teacher form F^-_null + w (F^-_y - F^-_null). Computed in at least float32 and
+    returned in that dtype. TUT's "unconditional" labels were a shuffled batch; we take `y_null`.
     """
     if ratio == 0:
         return v_target
-    if y is None or y_null is None:
-        raise ValueError(f"enhanced_ratio={ratio} needs class labels y and null labels y_null (the CFG branch); "
-                         f"an unconditional model has no CFG branch: set enhanced_ratio=0")
-    _check_like("v_target", v_target, x_t)
-    _check_labels(x_t.shape[0], y=y, y_null=y_null)
+    dtype = torch.promote_types(v_target.dtype, MIN_MATH_DTYPE)
     with torch.no_grad():
         with replay_rng_state(rng_state):
-            v_null = teacher(x_t, t, t, y_null)  # (B, ...)
+            v_null = teacher(x_t, t, t, y_null).to(dtype)  # (B, ...)
         with replay_rng_state(rng_state):
-            v_cond = teacher(x_t, t, t, y)  # (B, ...)
-    return (v_null if frozen_teacher else v_target.detach()) + ratio * (v_cond - v_null)  # (B, ...)
+            v_cond = teacher(x_t, t, t, y).to(dtype)  # (B, ...)
+    base = v_null if around_null else v_target.detach().to(dtype)  # (B, ...)
+    return base + ratio * (v_cond - v_null)  # (B, ...)
 
 
-def rectify_delta_v(model, x_fake: Tensor, y, *, z: Tensor, s: Tensor, clip: float | None = None) -> Tensor:
-    """delta_v = F(y_s, -s, -s) - F(y_s, s, s), y_s = s z + (1 - s) x_fake: Eq. 7 v_fake - v_real, no grad.
+def rectify_delta_v(model, x_fake: Tensor, y, *, z: Tensor, s: Tensor,
+                    clip: float | None = None) -> Tensor:
+    """delta_v = F(y_s, -s, -s) - F(y_s, s, s) at y_s = s z + (1 - s) x_fake: paper Eq. 7, no grad.
 
-    Official `dist_match` (TUT; SRC L278-294, which also clips +-1 in float32: pass `clip=1.0`). Both passes
-    use the current student and run as one batched call (rows are independent).
+    docs/math.md#rectify-loss (TUT `dist_match`; SRC also clips to +-1 in float32: pass clip=1.0).
+    Shapes: x_fake, z (B, ...), s (B,) in [0, 1]. Both passes use the current student, as one batched
+    call (rows are independent). Returned in at least float32.
     """
-    _check_like("z", z, x_fake)
-    _check_unit_times(x_fake.shape[0], s=s)
     with torch.no_grad():
         y_s = interpolate(x_fake.detach(), z, s)  # (B, ...) s z + (1 - s) x_fake
         both = forward_rows(model, {"fake": (y_s, -s, -s, y), "real": (y_s, s, s, y)})
-        delta_v = both["fake"] - both["real"]  # (B, ...) v_fake - v_real
+        dtype = torch.promote_types(both["fake"].dtype, MIN_MATH_DTYPE)
+        delta_v = both["fake"].to(dtype) - both["real"].to(dtype)  # (B, ...) v_fake - v_real
         if clip is not None:
-            delta_v = delta_v.to(torch.promote_types(delta_v.dtype, MIN_LOSS_DTYPE)).clamp(-clip, clip)
+            delta_v = delta_v.clamp(-clip, clip)
     return delta_v
 
 
-# ------------------------------------------------------------------------------------------------- losses
-def twinflow_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt: Tensor, z_rect: Tensor,
-                    s_rect: Tensor, y_null=None, groups=None, z_fake=None, **options) -> dict[str, Tensor]:
-    """Named, unweighted TwinFlow loss terms plus "loss" = their weighted sum (what train.py backpropagates).
+def one_step_sample(z: Tensor, F_one_step: Tensor) -> Tensor:
+    """sg(x_fake) = sg(z - F(z, 1, 0)): the one-step generator's sample (docs/math.md#one-step-generator)."""
+    return (z - F_one_step).detach()  # (B, ...) = invert(z, F, 1)[0]
 
-    Tutorial recipe = official TUT `TwinFlow.training_step` (reference §2.11) for the same draws:
-      loss_base        mean ell(F(x_t, t, t_tgt), rcgm_target)                        (L_base, §2.1)
-      loss_realvel     mean ell(F(x_t, t, t), v~)                                      (§2.2)
-      loss_adv         mean ell(F(x_fake_t, -t, -t), z - sg(x_fake)),  x_fake = z - F(z, 1, 0),
-                       x_fake_t = t z + (1 - t) sg(x_fake) with the same z (coupled noise, B11)   (§2.4)
-      loss_rectify     mean ell(F_fake, sg(F_fake - delta_v)), delta_v = rectify_delta_v(sg(x_fake), z_rect, s_rect)
-      loss_consistency mean ell(F_fake, rcgm_target(z, 1 -> 0)); TUT re-uses the v~ of (x_t, t) here (B10)  (§2.6)
-    loss = loss_base + realvel_weight * loss_realvel + adversarial_weight * loss_adv
-           + rectify_weight * loss_rectify + consistency_weight * loss_consistency.
-    adversarial_enabled=False keeps only loss_base and loss_realvel; a term with weight 0 is skipped (absent).
-    recipe="large" dispatches to `twinflow_large.large_recipe_losses` (needs `groups` and `z_fake`).
-    Options: see `TwinFlowOptions`; an unknown keyword is a TypeError.
+
+def forward_rows(model, rows: dict[str, tuple]) -> dict[str, Tensor]:
+    """Evaluate independent row sets {name: (x, t, t_tgt, y)} in ONE model call; split by name."""
+    if not rows:
+        return {}
+    xs, ts, t_tgts, ys = zip(*rows.values())
+    y = None if ys[0] is None else torch.cat(ys)
+    output = model(torch.cat(xs), torch.cat(ts), torch.cat(t_tgts), y)  # (sum of B_i, ...)
+    return dict(zip(rows, output.split([x.shape[0] for x in xs])))
+
+
+# ========================================================================= the loss: both recipes
+def twinflow_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt: Tensor,
+                    z_rect: Tensor, s_rect: Tensor, y_null=None, groups=None, z_fake=None,
+                    options: TwinFlowOptions | None = None, **keywords) -> dict[str, Tensor]:
+    """Named, unweighted TwinFlow loss terms plus "loss" = their weighted sum (what training backpropagates).
+
+    Pass either a prebuilt `options` (train.py builds one per run) or option keywords (see
+    `TwinFlowOptions`; an unknown keyword is a TypeError, a bad value an OptionError). Shapes: x, z, z_rect
+    (B, ...); t, t_tgt, s_rect (B,); y, y_null None or LongTensor (B,). recipe="tutorial": see
+    `tutorial_losses`; recipe="large": twinflow_large.large_recipe_losses (needs `groups` and `z_fake`).
+    Raises ValueError for a model that cannot represent the options (`check_model_fits`) or bad inputs.
     """
-    opts = TwinFlowOptions.from_keywords(**options)
-    if opts.recipe == "large":
-        from twinflow_min import twinflow_large  # imported here: twinflow_large builds on this module
-        return twinflow_large.large_recipe_losses(model, teacher, x, y, z=z, t=t, t_tgt=t_tgt, groups=groups,
-                                                  z_fake=z_fake, z_rect=z_rect, s_rect=s_rect, y_null=y_null,
-                                                  options=opts)
-    if groups is not None or z_fake is not None:
-        raise ValueError("groups / z_fake belong to recipe='large'; draw the tutorial inputs with "
-                         "sample_training_inputs(x, generator) or pass recipe='large'")
-    _check_batch(x)
-    for name, tensor in (("z", z), ("z_rect", z_rect)):
-        _check_like(name, tensor, x)
-    _check_unit_times(x.shape[0], t=t, t_tgt=t_tgt, s_rect=s_rect)
-    _check_labels(x.shape[0], y=y, y_null=y_null)
-    ones, zeros = torch.ones_like(t), torch.zeros_like(t)  # (B,)
+    if options is None:
+        options = TwinFlowOptions.from_keywords(**keywords)
+    elif keywords:
+        raise TypeError(f"pass either options= or option keywords, not both (got {sorted(keywords)})")
+    check_model_fits(model, options)
+    if options.recipe == "large":
+        return _large_recipe("losses")(model, teacher, x, y, z=z, t=t, t_tgt=t_tgt, groups=groups,
+                                      z_fake=z_fake, z_rect=z_rect, s_rect=s_rect, y_null=y_null,
+                                      options=options)
+    _check_tutorial_inputs(x, y, z=z, t=t, t_tgt=t_tgt, z_rect=z_rect, s_rect=s_rect, y_null=y_null,
+                           groups=groups, z_fake=z_fake, options=options)
+    return tutorial_losses(model, teacher, x, y, z=z, t=t, t_tgt=t_tgt, z_rect=z_rect,
+                           s_rect=s_rect, y_null=y_null, options=options)
 
-    # TUT prepare_inputs: x_t = t z + (1 - t) x, v = z - x
-    x_t = interpolate(x, z, t)  # (B, ...)
-    v = velocity_target(x, z).detach()  # (B, ...)
-    use_fake = opts.adversarial_enabled and max(opts.adversarial_weight, opts.rectify_weight,
-                                                opts.consistency_weight) > 0
-    use_consistency = opts.adversarial_enabled and opts.consistency_weight > 0
 
-    # student rows that get an RCGM target share one call; the teacher passes replay its RNG state (rng.py)
-    rcgm_rows = {"base": (x_t, t, t_tgt, y)}
-    if use_consistency:
-        rcgm_rows["fake"] = (z, ones, zeros, y)  # F_fake = F(z, 1, 0), with grad
+def tutorial_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt: Tensor,
+                    z_rect: Tensor, s_rect: Tensor, y_null, options: TwinFlowOptions) -> dict:
+    """The official tutorial loss (TUT `TwinFlow.training_step`) for the given draws, in paper order.
+
+    Inputs are trusted (checked by `twinflow_losses`). Each numbered block adds one named term:
+    loss = loss_base + realvel_weight loss_realvel + adversarial_weight loss_adv
+           + rectify_weight loss_rectify + consistency_weight loss_consistency.
+    adversarial_enabled=False keeps blocks 1-2; a term with weight 0 is absent.
+    """
+    x_t = interpolate(x, z, t)  # (B, ...) x_t = (1 - t) x + t z
+    v = velocity_target(x, z).detach()  # (B, ...) v = z - x
+    twin_branch = twin_branch_on(options)
+
+    # 0. v~, the velocity target with CFG baked in (docs/math.md#cfg-target; TUT `enhance_target`).
+    #    The teacher passes replay the RNG state of the student pass below (docs/math.md#rng-replay).
     rng_state = capture_rng_state(x.device)
-    out = forward_rows(model, rcgm_rows)
+    v_tilde = enhance_target(teacher, x_t, t, v, y, y_null, options.enhanced_ratio,
+                             rng_state=rng_state)  # (B, ...)
+    # Every student output and RCGM target the blocks read, batched into few calls (`tutorial_passes`)
+    F, rcgm = tutorial_passes(model, teacher, x_t, t, t_tgt, z, y, v_tilde, rng_state, options)
 
-    # §2.7: v~ = v + w (F^-(x_t,t,t|y) - F^-(x_t,t,t|y_null))
-    v_tilde = enhance_target(teacher, x_t, t, v, y, y_null, opts.enhanced_ratio, rng_state=rng_state)
-    # §2.1 on the base rows and §2.6 on the (z, 1 -> 0) rows, which re-use v~ of (x_t, t) (B10): one RCGM call
-    x_rows, t_rows, t_tgt_rows, y_rows = _concat_rows(list(rcgm_rows.values()))
-    targets = rcgm_target(teacher, x_rows, t_rows, t_tgt_rows, torch.cat(list(out.values())),
-                          torch.cat([v_tilde] * len(out)), y_rows, order=opts.estimate_order, delta_t=opts.delta_t,
-                          clamp=opts.target_clamp, rng_state=rng_state).split(x.shape[0])
-    terms = {"loss_base": per_sample_loss(out["base"], targets[0], opts).mean()}
+    # 1. L_base: any-step RCGM loss on (x_t, t -> t_tgt)  (paper Sec. 3; docs/math.md#rcgm-target;
+    #    TUT `get_rcgm_target`)
+    terms = {"loss_base": per_sample_loss(F["base"], rcgm["base"], options).mean()}
 
-    # the remaining student passes: the real-velocity rows, F_fake if not yet computed, then the adv rows
-    late = {"realvel": (x_t, t, t, y)} if opts.realvel_weight > 0 else {}
-    if use_fake and "fake" not in out:
-        out.update(forward_rows(model, {"fake": (z, ones, zeros, y), **late}))
-        late = {}
-    if use_fake:
-        x_fake = invert(z, out["fake"], ones)[0].detach()  # (B, ...) sg(x_fake) = sg(z - F(z, 1, 0))
-        if opts.adversarial_weight > 0:
-            late["adv"] = (interpolate(x_fake, z, t), -t, -t, y)  # x_fake_t = t z + (1 - t) sg(x_fake)
-    out.update(forward_rows(model, late))
+    # 2. Real velocity: flow matching on the diagonal, F(x_t, t, t) against v~
+    #    (docs/math.md#real-velocity; TUT `training_step`, "real velocity" term)
+    if options.realvel_weight > 0:
+        terms["loss_realvel"] = per_sample_loss(F["realvel"], v_tilde, options).mean()
+    if not twin_branch:
+        return _weighted_sum(terms, options)
 
-    if "realvel" in out:
-        terms["loss_realvel"] = per_sample_loss(out["realvel"], v_tilde, opts).mean()
-    if "adv" in out:
-        # §2.4: flow matching on the fake line, target z - sg(x_fake)
-        terms["loss_adv"] = per_sample_loss(out["adv"], velocity_target(x_fake, z), opts).mean()
-    if use_fake and opts.rectify_weight > 0:
-        # §2.5, Eq. 7: delta_v = v_fake - v_real at y_s = s z' + (1 - s) sg(x_fake); grad of ell is 2 delta_v / d
-        delta_v = rectify_delta_v(model, x_fake, y, z=z_rect, s=s_rect, clip=opts.rectify_clip)
-        F_fake = out["fake"]
-        terms["loss_rectify"] = per_sample_loss(F_fake, (F_fake - delta_v).detach(), opts).mean()
-    if use_consistency:
-        terms["loss_consistency"] = per_sample_loss(out["fake"], targets[1], opts).mean()
-    weights = {"loss_base": 1.0, "loss_realvel": opts.realvel_weight, "loss_adv": opts.adversarial_weight,
-               "loss_rectify": opts.rectify_weight, "loss_consistency": opts.consistency_weight}
+    # 3. One-step generator: x_fake = z - F(z, 1, 0); F keeps its grad for blocks 5 and 6
+    #    (paper Sec. 3.1; docs/math.md#one-step-generator; TUT `forward(z, 1, 0)`)
+    x_fake = one_step_sample(z, F["fake"])  # (B, ...) sg(x_fake)
+
+    # 4. L_adv: flow matching on the fake trajectory at negative time, target z - sg(x_fake)
+    #    (docs/math.md#adversarial-loss; TUT: same z as x_fake, coupled lines)
+    if options.adversarial_weight > 0:
+        terms["loss_adv"] = per_sample_loss(F["adv"], velocity_target(x_fake, z), options).mean()
+
+    # 5. L_rectify (paper Eq. 9): ell(F_fake, sg(F_fake - delta_v)), delta_v = v_fake - v_real (Eq. 7)
+    #    at y_s = s z' + (1 - s) sg(x_fake)  (docs/math.md#rectify-loss; TUT `dist_match`)
+    if options.rectify_weight > 0:
+        delta_v = rectify_delta_v(model, x_fake, y, z=z_rect, s=s_rect, clip=options.rectify_clip)
+        target_rectify = (F["fake"] - delta_v).detach()  # (B, ...)
+        terms["loss_rectify"] = per_sample_loss(F["fake"], target_rectify, options).mean()
+
+    # 6. Consistency 1 -> 0: the RCGM target of F(z, 1, 0), re-using v~ of (x_t, t)
+    #    (docs/math.md#consistency; TUT's optional last term)
+    if options.consistency_weight > 0:
+        terms["loss_consistency"] = per_sample_loss(F["fake"], rcgm["fake"], options).mean()
+    return _weighted_sum(terms, options)
+
+
+def twin_branch_on(options: TwinFlowOptions) -> bool:
+    """True when some fake-branch term (blocks 3-6 of `tutorial_losses`) is trained."""
+    weights = (options.adversarial_weight, options.rectify_weight, options.consistency_weight)
+    return options.adversarial_enabled and max(weights) > 0
+
+
+def tutorial_passes(model, teacher, x_t, t, t_tgt, z, y, v_tilde, rng_state, options) -> tuple:
+    """Student outputs F[name] and RCGM targets rcgm[name] of `tutorial_losses`, batched.
+
+    Rows are independent, so batching changes no value, only the number of calls (TUT makes one call
+    per term). Call 1 holds the rows that get an RCGM target: "base" (x_t, t, t_tgt) and, with the
+    consistency term on, "fake" (z, 1, 0); one `rcgm_target` call serves both, so its teacher passes see
+    exactly the rows of the student call whose RNG state they replay. Call 2 holds "realvel" (x_t, t, t)
+    and "adv" (x_fake_t, -t, -t), x_fake_t = t z + (1 - t) sg(x_fake); when call 1 had no "fake" rows,
+    they lead call 2 and the adv rows follow in a call of their own.
+    """
+    batch, ones, zeros = t.shape[0], torch.ones_like(t), torch.zeros_like(t)  # (B,)
+    twin_branch = twin_branch_on(options)
+    rcgm_rows = {"base": (x_t, t, t_tgt, y)}
+    if twin_branch and options.consistency_weight > 0:
+        rcgm_rows["fake"] = (z, ones, zeros, y)
+    F = forward_rows(model, rcgm_rows)
+    x_rows, t_rows, t_tgt_rows, y_rows = (torch.cat(column) if column[0] is not None else None
+                                          for column in zip(*rcgm_rows.values()))
+    targets = rcgm_target(teacher, x_rows, t_rows, t_tgt_rows, torch.cat(list(F.values())),
+                          torch.cat([v_tilde] * len(F)), y_rows, order=options.estimate_order,
+                          delta_t=options.delta_t, clamp=options.target_clamp, rng_state=rng_state)
+    rcgm = dict(zip(F, targets.split(batch)))
+
+    later = {"realvel": (x_t, t, t, y)} if options.realvel_weight > 0 else {}
+    if twin_branch and "fake" not in F:
+        F.update(forward_rows(model, {"fake": (z, ones, zeros, y), **later}))
+        later = {}
+    if twin_branch and options.adversarial_weight > 0:
+        later["adv"] = (interpolate(one_step_sample(z, F["fake"]), z, t), -t, -t, y)
+    F.update(forward_rows(model, later))
+    return F, rcgm
+
+
+def _weighted_sum(terms: dict, options: TwinFlowOptions) -> dict:
+    """Add "loss" = sum of weight * term, in the order the terms were added."""
+    weights = {"loss_base": 1.0, "loss_realvel": options.realvel_weight,
+               "loss_adv": options.adversarial_weight, "loss_rectify": options.rectify_weight,
+               "loss_consistency": options.consistency_weight}
     terms["loss"] = sum(weights[name] * value for name, value in terms.items())
     return terms
 
 
+# ================================================================================== plain flow matching
 def flow_matching_loss(model, x: Tensor, y, *, z: Tensor, t: Tensor) -> dict[str, Tensor]:
-    """Plain flow matching {"loss_fm", "loss"} = mean ell2(F(x_t, t, t), z - x), used when TwinFlow is off."""
-    _check_like("z", z, x)
-    _check_unit_times(x.shape[0], t=t)
-    _check_labels(x.shape[0], y=y)
+    """Plain flow matching {"loss_fm", "loss"} = mean ell2(F(x_t, t, t), z - x), when TwinFlow is off.
+
+    Shapes: x, z (B, ...); t (B,) in [0, 1]; y None or LongTensor (B,). docs/math.md#real-velocity."""
+    check_batch(x)
+    check_like("z", z, x.shape)
+    check_times(x.shape[0], t=t)
+    check_labels(x.shape[0], y=y)
     F = model(interpolate(x, z, t), t, t, y)  # (B, ...)
     loss_fm = l2_loss(F, velocity_target(x, z)).mean()
     return {"loss_fm": loss_fm, "loss": loss_fm}
 
 
 def image_free_batch(model, z: Tensor, y) -> Tensor:
-    """x = sg(z - F(z, 1, 0)): train on the model's own one-step samples (SRC `use_image_free`, L152-160)."""
+    """x = sg(z - F(z, 1, 0)): train on the model's own one-step samples (SRC `use_image_free`)."""
     ones = torch.ones(z.shape[0], device=z.device, dtype=z.dtype)  # (B,)
     with torch.no_grad():
         return invert(z, model(z, ones, torch.zeros_like(ones), y), ones)[0].detach()  # (B, ...)
 
 
-# ----------------------------------------------------------------------------------------- input sampling
-def sample_training_inputs(x: Tensor, generator: torch.Generator, *, recipe: str = "tutorial",
-                           group_proportions=(1, 1, 1, 1), time_dist=(1.0, 1.0, 1.0),
-                           consistency_ratio: float = 1.0) -> dict[str, Tensor]:
-    """Every random input of `twinflow_losses` (its keyword names: pass as `**inputs`), drawn from `generator`.
+# ===================================================================================== input sampling
+def _sample_gamma(concentration: float, n: int, generator: torch.Generator, device, dtype) -> Tensor:
+    """Gamma(concentration, 1) by Marsaglia & Tsang (2000) rejection; randomness from `generator` only."""
+    boost = concentration < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a) for a < 1
+    a = concentration + 1 if boost else concentration
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    draws = torch.empty(n, device=device, dtype=dtype)
+    pending = torch.ones(n, dtype=torch.bool, device=device)
+    while bool(pending.any()):
+        rows = pending.nonzero().squeeze(1)
+        normal = torch.randn(rows.numel(), generator=generator, device=device, dtype=dtype)
+        uniform = torch.rand(rows.numel(), generator=generator, device=device, dtype=dtype)
+        cube = (1 + c * normal) ** 3
+        # accept when log U < x^2/2 + d - d v + d log v  (Marsaglia-Tsang test)
+        log_v = cube.clamp_min(1e-30).log()
+        accept = (cube > 0) & (uniform.log() < 0.5 * normal ** 2 + d - d * cube + d * log_v)
+        draws[rows[accept]] = (d * cube)[accept]
+        pending[rows[accept]] = False
+    if boost:
+        uniform = torch.rand(n, generator=generator, device=device, dtype=dtype)
+        draws = draws * uniform ** (1.0 / concentration)
+    return draws  # (n,)
 
-    tutorial (TUT `prepare_inputs`, `dist_match`): z, z_rect ~ N(0, I), t ~ U(0, 1) (Beta(time_dist) * scale),
-    t_tgt = t - U consistency_ratio t, s_rect ~ U(0, 1). large: `twinflow_large.sample_large_inputs`."""
-    from twinflow_min import twinflow_large  # imported here: twinflow_large builds on this module
+
+def sample_beta(concentration1: float, concentration0: float, n: int, generator: torch.Generator,
+                device=None, dtype=torch.float32) -> Tensor:
+    """n draws of Beta(a, b) from `generator` (SRC `sample_beta` uses the hidden global RNG).
+
+    Beta(1, 1) is drawn as U(0, 1) directly; otherwise Beta = G_a / (G_a + G_b)."""
+    if not (concentration1 > 0 and concentration0 > 0):
+        raise ValueError(f"Beta concentrations must be > 0, got ({concentration1}, {concentration0})")
+    if concentration1 == 1 and concentration0 == 1:
+        return torch.rand(n, generator=generator, device=device, dtype=dtype)  # (n,)
+    gamma_a = _sample_gamma(concentration1, n, generator, device, dtype)
+    gamma_b = _sample_gamma(concentration0, n, generator, device, dtype)
+    return gamma_a / (gamma_a + gamma_b)  # (n,)
+
+
+def _is_time_dist(time_dist) -> bool:
+    if not isinstance(time_dist, (list, tuple)) or len(time_dist) != 3:
+        return False
+    a, b, scale = time_dist
+    if not (is_real(a) and is_real(b) and is_real(scale)):
+        return False
+    return a > 0 and b > 0 and 0 < scale <= 1
+
+
+def sample_time(n: int, time_dist, generator: torch.Generator, device=None,
+                dtype=torch.float32) -> Tensor:
+    """t = clamp(Beta(a, b), 0, 1) * scale, time_dist = (a, b, scale)  (SRC; (1, 1, 1) = U(0, 1))."""
+    if not _is_time_dist(time_dist):
+        raise ValueError(f"time_dist must be (a, b, scale) with a, b > 0 and 0 < scale <= 1 "
+                         f"(SRC time_dist_ctrl), got {time_dist!r}")
+    a, b, scale = time_dist
+    return sample_beta(a, b, n, generator, device, dtype).clamp(0, 1) * scale  # (n,)
+
+
+def _check_sampler_inputs(x, generator, recipe, consistency_ratio, accumulation_index,
+                          accumulation_steps) -> None:
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    _check_batch(x)
+    check_batch(x)
     if generator.device.type != x.device.type:
-        raise ValueError(f"the generator lives on {generator.device} but x on {x.device}; create it with "
-                         f"torch.Generator(device=x.device)")
-    if isinstance(consistency_ratio, bool) or not 0.0 <= consistency_ratio <= 1.0:
-        raise ValueError(f"consistency_ratio must lie in [0, 1] (SRC consistc_ratio), got {consistency_ratio!r}")
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+        raise ValueError(f"the generator lives on {generator.device} but x on {x.device}; create it "
+                         f"with torch.Generator(device=x.device)")
+    if recipe not in RECIPE_NAMES:
+        raise ValueError(f"recipe must be one of {RECIPE_NAMES}, got {recipe!r}")
+    rule = OPTION_RULES["consistency_ratio"]
+    if not rule[0](consistency_ratio, None):
+        raise OptionError("consistency_ratio", consistency_ratio, rule[1])
+    if not is_count(accumulation_steps):
+        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+    if not (is_count(accumulation_index, minimum=0) and accumulation_index < accumulation_steps):
+        raise ValueError(f"accumulation_index must be an integer in [0, {accumulation_steps}), got "
+                         f"{accumulation_index!r}")
+
+
+def sample_training_inputs(x: Tensor, generator: torch.Generator, *, recipe: str = "tutorial",
+                           group_proportions=(1, 1, 1, 1), time_dist=(1.0, 1.0, 1.0),
+                           consistency_ratio: float = 1.0, accumulation_index: int = 0,
+                           accumulation_steps: int = 1) -> dict[str, Tensor]:
+    """Every random input of `twinflow_losses` (its keyword names: pass as `**inputs`), from `generator`.
+
+    tutorial (TUT `prepare_inputs`, `dist_match`): z, z_rect ~ N(0, I) (B, ...); t ~ U(0, 1)
+    (Beta(time_dist) * scale), t_tgt ~ U(0, t), s_rect ~ U(0, 1), each (B,). TUT has no group or
+    consistency-ratio switch, so group_proportions and consistency_ratio must keep their defaults there.
+    large: twinflow_large.sample_large_inputs, which also uses the accumulation position (micro-batch
+    `accumulation_index` of `accumulation_steps`) when the micro-batch is smaller than the row groups.
+    """
+    _check_sampler_inputs(x, generator, recipe, consistency_ratio, accumulation_index,
+                          accumulation_steps)
     if recipe == "large":
-        return twinflow_large.sample_large_inputs(x, generator, group_proportions=group_proportions,
-                                                  time_dist=time_dist, consistency_ratio=consistency_ratio)
-    if tuple(group_proportions) != (1, 1, 1, 1):
-        raise ValueError("group_proportions only apply to recipe='large' (the tutorial trains every term on "
-                         "every row); reset them or use recipe='large'")
+        return _large_recipe("inputs")(x, generator, group_proportions=group_proportions,
+                                      time_dist=time_dist, consistency_ratio=consistency_ratio,
+                                      accumulation_index=accumulation_index,
+                                      accumulation_steps=accumulation_steps)
+    if tuple(group_proportions) != (1, 1, 1, 1) or consistency_ratio != 1:
+        raise ValueError("group_proportions and consistency_ratio only apply to recipe='large' (the "
+                         "tutorial trains every term on every row); reset them or use recipe='large'")
     batch, draw = x.shape[0], dict(generator=generator, device=x.device, dtype=x.dtype)
-    t = twinflow_large.sample_time(batch, time_dist, generator, x.device, x.dtype)  # (B,)
-    t_tgt = t - torch.rand(batch, **draw) * consistency_ratio * t  # (B,) U(0, t) for ratio 1
+    t = sample_time(batch, time_dist, generator, x.device, x.dtype)  # (B,)
+    t_tgt = t - torch.rand(batch, **draw) * consistency_ratio * t  # (B,) U(0, t)
     return {"z": torch.randn(x.shape, **draw), "t": t, "t_tgt": t_tgt,
             "z_rect": torch.randn(x.shape, **draw), "s_rect": torch.rand(batch, **draw)}
+
+
+# Bridge until twinflow_min/__init__.py imports twinflow_large (which fills LARGE_RECIPE): this last
+# line is the only upward import; delete it once the package __init__ registers the large recipe.
+from twinflow_min import twinflow_large  # noqa: E402,F401
