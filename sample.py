@@ -7,12 +7,15 @@ twinflow_min/transport.py.
 
     python sample.py outputs/toy-moons --nfe 1 --num 4000 --out samples.npy
     python sample.py outputs/cifar10 --preset any8 --order 2 --num 64 --out grid.png
-    python sample.py outputs/cifar10 --fid pt_inception-2015-12-05-6726825d.pth --fid-data cifar-10-python.tar.gz
-    python sample.py sit-xl.safetensors --steps 30 --style mul --cfg-scale 1.5 --cfg-interval 0 0.7 --vae vae.safetensors
+    python sample.py outputs/cifar10 --fid pt_inception-2015-12-05-6726825d.pth \
+        --fid-data cifar-10-python.tar.gz
+    python sample.py sit-xl.safetensors --steps 30 --style mul --cfg-scale 1.5 \
+        --cfg-interval 0 0.7 --vae vae.safetensors
 
 Sample i depends only on (--seed, i): its noise and its sampler noise come from a generator of its
-own. Training checkpoints are sampled with their EMA weights by default (--weights auto); the official
-tutorial samples the student (--weights model). Outputs are never overwritten unless --overwrite.
+own. Training checkpoints are sampled with their EMA weights by default (--weights auto); the
+official tutorial samples the student (--weights model). Outputs are never overwritten unless
+--overwrite.
 """
 
 from __future__ import annotations
@@ -32,21 +35,45 @@ from twinflow_min.checks import INT64_MAX, CheckpointError, is_count, resolve_de
 from twinflow_min.data import load_dataset, sample_toy
 from twinflow_min.evaluate import ODE_OPTIONS
 from twinflow_min.plots import image_grid_png, scatter_png
-from twinflow_min.sampler import KNOB_DEFAULTS, PRESET_SOURCES, PRESETS, SDE, preset_for_nfe, ucgm_sample
+from twinflow_min.sampler import (
+    KNOB_DEFAULTS,
+    PRESET_SOURCES,
+    PRESETS,
+    SDE,
+    preset_for_nfe,
+    ucgm_sample,
+)
 from twinflow_min.train_state import CHECKPOINT_NAME
 
-OUTPUT_DIR = "samples"  # default outputs go to <run>/samples/, never next to the training run's files
+OUTPUT_DIR = (
+    "samples"  # default outputs go to <run>/samples/, never next to the training run's files
+)
 
 # One flag per sampler knob (sampler.KNOB_DEFAULTS): (flag, nargs, metavar, help)
 KNOB_FLAGS = {
     "steps": ("--steps", None, "N", "grid steps (model calls for order 1)"),
     "style": ("--style", None, "few|any|mul", "target time: few 0, any t_next, mul t_cur"),
-    "order": ("--order", None, "1|2", "2 = our Heun-type corrector (docs/math.md#official-differences)"),
+    "order": (
+        "--order",
+        None,
+        "1|2",
+        "2 = our Heun-type corrector (docs/math.md#official-differences)",
+    ),
     "stochastic_ratio": ("--stochastic-ratio", None, "RHO", "re-noising ratio in [0, 1] or SDE"),
-    "extrapolation_ratio": ("--extrapolation-ratio", None, "E", "extrapolation of x_hat, z_hat (>= 0)"),
+    "extrapolation_ratio": (
+        "--extrapolation-ratio",
+        None,
+        "E",
+        "extrapolation of x_hat, z_hat (>= 0)",
+    ),
     "kumaraswamy_abc": ("--kumaraswamy", 3, ("A", "B", "C"), "grid warp (1 - (1 - u^a)^b)^c"),
     "boundary_gaps": ("--boundary-gaps", 2, ("G0", "G1"), "grid gaps at t = 1 and t = 0"),
-    "cfg_scale": ("--cfg-scale", None, "W", "classifier-free guidance (0 = off; TwinFlow models: 0)"),
+    "cfg_scale": (
+        "--cfg-scale",
+        None,
+        "W",
+        "classifier-free guidance (0 = off; TwinFlow models: 0)",
+    ),
     "cfg_interval": ("--cfg-interval", 2, ("LOW", "HIGH"), "model times where guidance applies"),
 }
 
@@ -61,47 +88,89 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _preset_table() -> str:
-    rows = [f"  {name:<11} {', '.join(f'{k}={v}' for k, v in options.items())}  ({PRESET_SOURCES[name]})"
-            for name, options in PRESETS.items()]
+    rows = [
+        f"  {name:<11} {', '.join(f'{k}={v}' for k, v in options.items())}"
+        f"  ({PRESET_SOURCES[name]})"
+        for name, options in PRESETS.items()
+    ]
     return "presets (--preset NAME; knob flags override them):\n" + "\n".join(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, epilog=_preset_table(),
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a run directory, its checkpoint.safetensors, or a converted "
-                                           "pretrained .safetensors file")
-    parser.add_argument("--preset", choices=list(PRESETS), help="named sampler settings (see below)")
-    parser.add_argument("--nfe", help="network evaluations: 1, 2, 4 = the official presets, other N a "
-                                      "few-step grid (default 1 when neither --preset nor --ode)")
+    parser = _Parser(
+        description=__doc__,
+        epilog=_preset_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "checkpoint",
+        help="a run directory, its checkpoint.safetensors, or a converted "
+        "pretrained .safetensors file",
+    )
+    parser.add_argument(
+        "--preset", choices=list(PRESETS), help="named sampler settings (see below)"
+    )
+    parser.add_argument(
+        "--nfe",
+        help="network evaluations: 1, 2, 4 = the official presets, other N a "
+        "few-step grid (default 1 when neither --preset nor --ode)",
+    )
     parser.add_argument("--ode", action="store_true", help="the 50-step ODE of training evaluation")
     for name, (flag, nargs, metavar, text) in KNOB_FLAGS.items():
-        parser.add_argument(flag, dest=name, nargs=nargs, metavar=metavar,
-                            help=f"{text} (default {KNOB_DEFAULTS[name]} unless the preset sets it)")
+        parser.add_argument(
+            flag,
+            dest=name,
+            nargs=nargs,
+            metavar=metavar,
+            help=f"{text} (default {KNOB_DEFAULTS[name]} unless the preset sets it)",
+        )
     parser.add_argument("--num", help="number of samples (default 64; 50000 with --fid)")
     parser.add_argument("--batch-size", default="500", help="samples per model call (default 500)")
-    parser.add_argument("--out", help=f"output .npy (float32 samples) or .png (scatter / image grid); "
-                                      f"default <run>/{OUTPUT_DIR}/<sampler>_seed<S>.png")
+    parser.add_argument(
+        "--out",
+        help=f"output .npy (float32 samples) or .png (scatter / image grid); "
+        f"default <run>/{OUTPUT_DIR}/<sampler>_seed<S>.png",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--seed", default="0", help="sample i depends only on (seed, i) (default 0)")
-    parser.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
-                        help="which weights of a training checkpoint (auto = EMA when present; the "
-                             "official tutorial samples the student = model)")
+    parser.add_argument(
+        "--seed", default="0", help="sample i depends only on (seed, i) (default 0)"
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("auto", "ema", "model"),
+        default="auto",
+        help="which weights of a training checkpoint (auto = EMA when present; the "
+        "official tutorial samples the student = model)",
+    )
     parser.add_argument("--class-label", help="class of every sample (default: i mod num_classes)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    parser.add_argument("--vae", help="SD-VAE (diffusers layout) .safetensors: decode latents to images")
-    parser.add_argument("--fid", metavar="INCEPTION_WEIGHTS",
-                        help="pytorch-fid weights (.pth or .safetensors): report FID against --fid-data")
-    parser.add_argument("--proxy-metrics", action="store_true",
-                        help="no Inception weights: random-feature Frechet distance to --fid-data and "
-                             "the gap between 1-NFE and 50-step samples (never called FID)")
-    parser.add_argument("--fid-data", help="reference images: CIFAR-10 archive/folder or class folders")
-    parser.add_argument("--fid-cache", help="cache of the reference statistics "
-                                            "(default <run>/fid_reference.npz)")
+    parser.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)"
+    )
+    parser.add_argument(
+        "--vae", help="SD-VAE (diffusers layout) .safetensors: decode latents to images"
+    )
+    parser.add_argument(
+        "--fid",
+        metavar="INCEPTION_WEIGHTS",
+        help="pytorch-fid weights (.pth or .safetensors): report FID against --fid-data",
+    )
+    parser.add_argument(
+        "--proxy-metrics",
+        action="store_true",
+        help="no Inception weights: random-feature Frechet distance to --fid-data and "
+        "the gap between 1-NFE and 50-step samples (never called FID)",
+    )
+    parser.add_argument(
+        "--fid-data", help="reference images: CIFAR-10 archive/folder or class folders"
+    )
+    parser.add_argument(
+        "--fid-cache", help="cache of the reference statistics " "(default <run>/fid_reference.npz)"
+    )
     return parser
 
 
 # ---------- Checks at the door: every value is parsed and checked here, once ----------
+
 
 def _integer(text, flag: str, minimum: int) -> int:
     try:
@@ -137,9 +206,12 @@ def _knob(name: str, raw):
 
 
 def sampler_options(args) -> tuple[dict, str]:
-    """(ucgm_sample keywords, a name for the output file) from --preset / --nfe / --ode and knob flags."""
-    chosen = [flag for flag, given in (("--preset", args.preset), ("--nfe", args.nfe),
-                                       ("--ode", args.ode)) if given]
+    """(ucgm_sample keywords, output name) from --preset / --nfe / --ode and the knob flags."""
+    chosen = [
+        flag
+        for flag, given in (("--preset", args.preset), ("--nfe", args.nfe), ("--ode", args.ode))
+        if given
+    ]
     if len(chosen) > 1:
         raise SampleError(f"{' and '.join(chosen)} both choose the sampler; give one of them")
     if args.preset:
@@ -149,17 +221,23 @@ def sampler_options(args) -> tuple[dict, str]:
     else:
         nfe = _integer(args.nfe, "--nfe", 1) if args.nfe else 1
         options, name = preset_for_nfe(nfe), f"nfe{nfe}"
-    overrides = {key: _knob(key, getattr(args, key)) for key in KNOB_FLAGS
-                 if getattr(args, key) is not None}
+    overrides = {
+        key: _knob(key, getattr(args, key)) for key in KNOB_FLAGS if getattr(args, key) is not None
+    }
     options = {**KNOB_DEFAULTS, **options, **overrides}
     if overrides:
         name += "-custom"
     # dry-run the sampler's own checks on a 1-sample grid: one line for any out-of-range knob
     probe = dict(options, steps=options["steps"])
     try:
-        ucgm_sample(lambda x, t, r, y: torch.zeros_like(x), torch.zeros(1, 1),
-                    generator=torch.Generator(), y=torch.zeros(1, dtype=torch.long),
-                    y_null=torch.zeros(1, dtype=torch.long), **probe)
+        ucgm_sample(
+            lambda x, t, r, y: torch.zeros_like(x),
+            torch.zeros(1, 1),
+            generator=torch.Generator(),
+            y=torch.zeros(1, dtype=torch.long),
+            y_null=torch.zeros(1, dtype=torch.long),
+            **probe,
+        )
     except (ValueError, TypeError) as error:
         raise SampleError(f"sampler setting: {error}") from None
     return options, name
@@ -186,17 +264,25 @@ def _output_path(args, run_dir: Path, name: str, seed: int) -> Path:
 
 
 def _check_model(model, checkpoint: Path, class_label, options: dict) -> None:
-    bad = [name for name, tensor in model.state_dict().items()
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if bad:
-        raise SampleError(f"{checkpoint} holds {len(bad)} tensors with NaN/inf values (e.g. {bad[0]}); "
-                          f"it cannot give finite samples: use an earlier checkpoint")
+        raise SampleError(
+            f"{checkpoint} holds {len(bad)} tensors with NaN/inf values (e.g. {bad[0]}); "
+            f"it cannot give finite samples: use an earlier checkpoint"
+        )
     num_classes = model.config.num_classes
     if class_label is not None and not num_classes:
-        raise SampleError("--class-label: this model is unconditional (num_classes 0); drop the flag")
+        raise SampleError(
+            "--class-label: this model is unconditional (num_classes 0); drop the flag"
+        )
     if class_label is not None and class_label >= num_classes:
-        raise SampleError(f"--class-label must be in [0, {num_classes - 1}] for this model, "
-                          f"got {class_label}")
+        raise SampleError(
+            f"--class-label must be in [0, {num_classes - 1}] for this model, " f"got {class_label}"
+        )
     if options["cfg_scale"] > 0 and not num_classes:
         raise SampleError("--cfg-scale needs a class-conditional model; this one is unconditional")
 
@@ -220,8 +306,10 @@ def run(args) -> dict:
         raise SampleError(f"--device: {error}") from None
     vae_path, fid_path = _existing_file(args.vae, "--vae"), _existing_file(args.fid, "--fid")
     if (args.fid or args.proxy_metrics) and not args.fid_data:
-        raise SampleError("--fid and --proxy-metrics need --fid-data (the reference images, e.g. the "
-                          "CIFAR-10 train set)")
+        raise SampleError(
+            "--fid and --proxy-metrics need --fid-data (the reference images, e.g. the "
+            "CIFAR-10 train set)"
+        )
     if args.fid_data and not Path(args.fid_data).exists():
         raise SampleError(f"--fid-data {args.fid_data}: no such file or folder")
     checkpoint = Path(args.checkpoint)
@@ -237,19 +325,24 @@ def run(args) -> dict:
     vae = None
     if vae_path:
         from twinflow_min.vae import SDVAEDecoder
+
         vae = SDVAEDecoder.from_file(vae_path, device=device)
     image_like = model.config.data_dim or vae is not None or model.config.in_channels in (1, 3)
     if out is not None and out.suffix == ".png" and not image_like:
-        raise SampleError(f"these are {model.config.in_channels}-channel latents; pass --vae FILE to "
-                          f"decode them to images, or write .npy")
+        raise SampleError(
+            f"these are {model.config.in_channels}-channel latents; pass --vae FILE to "
+            f"decode them to images, or write .npy"
+        )
     sampler = Sampler(model, seed, device, options, class_label, vae)
     results: dict = {"checkpoint": str(checkpoint), "sampler": sampler.options}
     if evaluating:
         results.update(evaluate_images(args, sampler, run_dir, device, num, batch_size, fid_path))
     else:
         num = num or 64
-        batches = [sampler(min(batch_size, num - s)) for s in
-                   tqdm(range(0, num, batch_size), desc="sampling", disable=None)]
+        batches = [
+            sampler(min(batch_size, num - s))
+            for s in tqdm(range(0, num, batch_size), desc="sampling", disable=None)
+        ]
         write_output(out, torch.cat(batches), _training_dataset(checkpoint), args.overwrite)
         results["num_samples"], results["out"] = num, str(out)
     print(json.dumps(results, indent=2, default=str))
@@ -258,18 +351,33 @@ def run(args) -> dict:
 
 def seeded_generators(seed: int, indices, device: torch.device) -> list[torch.Generator]:
     """One generator per sample index, seeded from (seed, index) via numpy's SeedSequence."""
-    return [torch.Generator(device=device).manual_seed(
-        int(np.random.SeedSequence([seed, i]).generate_state(1)[0])) for i in indices]
+    return [
+        torch.Generator(device=device).manual_seed(
+            int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        )
+        for i in indices
+    ]
 
 
 class Sampler:
     """Draws samples [start, start + count) of a model: noise and sampler noise per sample."""
 
-    def __init__(self, model, seed: int, device: torch.device, options: dict, class_label, vae=None):
-        self.model, self.seed, self.device, self.options, self.vae = model, seed, device, options, vae
+    def __init__(
+        self, model, seed: int, device: torch.device, options: dict, class_label, vae=None
+    ):
+        self.model, self.seed, self.device, self.options, self.vae = (
+            model,
+            seed,
+            device,
+            options,
+            vae,
+        )
         config = model.config
-        self.shape = (config.data_dim,) if config.data_dim else (config.in_channels,
-                                                                 config.input_size, config.input_size)
+        self.shape = (
+            (config.data_dim,)
+            if config.data_dim
+            else (config.in_channels, config.input_size, config.input_size)
+        )
         self.num_classes, self.class_label, self.next_index = config.num_classes, class_label, 0
 
     @torch.no_grad()
@@ -278,11 +386,18 @@ class Sampler:
         indices = range(start, start + count)
         self.next_index = start + count
         generators = seeded_generators(self.seed, indices, self.device)
-        z = torch.stack([torch.randn(self.shape, generator=g, device=self.device) for g in generators])
+        z = torch.stack(
+            [torch.randn(self.shape, generator=g, device=self.device) for g in generators]
+        )
         y = y_null = None
         if self.num_classes:
-            y = torch.tensor([self.class_label if self.class_label is not None else i % self.num_classes
-                              for i in indices], device=self.device)
+            y = torch.tensor(
+                [
+                    self.class_label if self.class_label is not None else i % self.num_classes
+                    for i in indices
+                ],
+                device=self.device,
+            )
             y_null = torch.full_like(y, self.num_classes)  # the null (CFG) class id
         keywords = dict(options or self.options)
         if not keywords.get("cfg_scale"):
@@ -293,7 +408,9 @@ class Sampler:
 
 def write_output(path: Path, samples: torch.Tensor, dataset: str | None, overwrite: bool) -> None:
     if path.exists() and not overwrite:  # appeared while sampling
-        raise SampleError(f"{path} appeared while sampling; pass --overwrite or choose another --out")
+        raise SampleError(
+            f"{path} appeared while sampling; pass --overwrite or choose another --out"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
         np.save(path, samples.float().cpu().numpy())
@@ -304,7 +421,9 @@ def write_output(path: Path, samples: torch.Tensor, dataset: str | None, overwri
             series = {"data": reference, **series}
         scatter_png(path, [(f"{samples.shape[0]} samples", series)], title=str(path.name))
     else:
-        image_grid_png(path, samples.clamp(-1, 1).cpu(), nrow=int(np.ceil(np.sqrt(samples.shape[0]))))
+        image_grid_png(
+            path, samples.clamp(-1, 1).cpu(), nrow=int(np.ceil(np.sqrt(samples.shape[0])))
+        )
     print(f"wrote {path}")
 
 
@@ -322,18 +441,24 @@ def evaluate_images(args, sampler: Sampler, run_dir: Path, device, num, batch_si
     reference = load_dataset(spec, args.fid_data)[0]
     if fid_path:
         from twinflow_min.inception import load_inception
+
         inception = load_inception(fid_path, device=device)
         cache = Path(args.fid_cache) if args.fid_cache else run_dir / "fid_reference.npz"
         stats = metrics.reference_statistics(reference, inception, cache, device=device)
         num = num or metrics.FID_NUM_SAMPLES
-        fid = metrics.fid_from_samples(sampler, stats, inception, num_samples=num,
-                                       batch_size=batch_size, device=device)
+        fid = metrics.fid_from_samples(
+            sampler, stats, inception, num_samples=num, batch_size=batch_size, device=device
+        )
         return {metrics.FID_KEY: fid, "num_samples": num}
     num = num or 2000
     starts = range(0, num, batch_size)
     one_step = torch.cat([sampler(min(batch_size, num - s), start=s) for s in starts])
-    ode = torch.cat([sampler(min(batch_size, num - s), options=dict(ODE_OPTIONS, **_plain()),
-                             start=s) for s in starts])
+    ode = torch.cat(
+        [
+            sampler(min(batch_size, num - s), options=dict(ODE_OPTIONS, **_plain()), start=s)
+            for s in starts
+        ]
+    )
     return metrics.proxy_metrics(one_step, ode, torch.from_numpy(reference), device=device)
 
 

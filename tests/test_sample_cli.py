@@ -1,5 +1,5 @@
-"""sample.py at the command line (issues #13, #17): every sampler knob and preset, and one clear line
-for every bad input, never an overwritten file, never NaN samples from a broken checkpoint.
+"""sample.py at the command line (issues #13, #17): every sampler knob and preset, and one clear
+line for every bad input, never an overwritten file, never NaN samples from a broken checkpoint.
 
 Each refusal runs through `sample.main([...])` (the CLI's own entry) and must end in SystemExit with
 one line "sample.py: error: ..." naming the problem. Time convention: see twinflow_min/transport.py.
@@ -25,7 +25,9 @@ from twinflow_min.sampler import PRESETS, preset_for_nfe
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    summary = train.main([*TOY_FAST, "--steps", "3", "--output_dir", str(root), "--run_name", "run"])
+    summary = train.main(
+        [*TOY_FAST, "--steps", "3", "--output_dir", str(root), "--run_name", "run"]
+    )
     return summary
 
 
@@ -33,9 +35,24 @@ def toy_run(tmp_path_factory):
 def conditional_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cond")
     data = image_folder(root / "data", per_class=4, size=8)
-    return train.main(["--dataset", "folder", "--data", str(data), "--model", "CIFAR-T/2",
-                       "--max_train_steps", "1", "--batch-size", "4", "--validation_every", "0",
-                       "--output_dir", str(root)])
+    return train.main(
+        [
+            "--dataset",
+            "folder",
+            "--data",
+            str(data),
+            "--model",
+            "CIFAR-T/2",
+            "--max_train_steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--validation_every",
+            "0",
+            "--output_dir",
+            str(root),
+        ]
+    )
 
 
 def refuse(argv, message):
@@ -56,7 +73,10 @@ CASES = {
         (["--num", "2.5"], "--num must be an integer"),
         (["--num", "99999999999999999999"], "--num must be an integer in [1, 9223372036854775807]"),
         (["--seed", "-1"], "--seed must be an integer in [0,"),
-        (["--seed", "99999999999999999999"], "--seed must be an integer in [0, 9223372036854775807]"),
+        (
+            ["--seed", "99999999999999999999"],
+            "--seed must be an integer in [0, 9223372036854775807]",
+        ),
         (["--batch-size", "0"], "--batch-size must be an integer in [1,"),
         (["--nfe", "0"], "--nfe must be an integer in [1,"),
         (["--nfe", "two"], "--nfe must be an integer"),
@@ -87,15 +107,26 @@ CASES = {
     "devices": [
         (["--device", "gpu"], "device 'gpu' is not a device name"),
         (["--device", "cuda:x"], "is not a device name"),
-        (["--device", "mps"] if not torch.backends.mps.is_available() else ["--device", "xpu:9"],
-         "is not on this machine (it has: cpu"),
+        (
+            ["--device", "mps"] if not torch.backends.mps.is_available() else ["--device", "xpu:9"],
+            "is not on this machine (it has: cpu",
+        ),
         (["--device", "cuda:7"], "is not on this machine (it has: cpu"),
     ],
     "files": [
-        (["--vae", "{tmp}/missing-vae.safetensors"], "--vae {tmp}/missing-vae.safetensors: no such file"),
-        (["--fid", "{tmp}/missing.pth", "--fid-data", "{tmp}"], "--fid {tmp}/missing.pth: no such file"),
+        (
+            ["--vae", "{tmp}/missing-vae.safetensors"],
+            "--vae {tmp}/missing-vae.safetensors: no such file",
+        ),
+        (
+            ["--fid", "{tmp}/missing.pth", "--fid-data", "{tmp}"],
+            "--fid {tmp}/missing.pth: no such file",
+        ),
         (["--proxy-metrics"], "--fid and --proxy-metrics need --fid-data"),
-        (["--proxy-metrics", "--fid-data", "{tmp}/nowhere"], "--fid-data {tmp}/nowhere: no such file"),
+        (
+            ["--proxy-metrics", "--fid-data", "{tmp}/nowhere"],
+            "--fid-data {tmp}/nowhere: no such file",
+        ),
         (["--out", "{tmp}/samples.txt"], "--out must end in .npy or .png"),
         (["--out", "{tmp}"], "is a folder"),
         (["--out", "{tmp}/afile.npy/x.npy"], "is a file, not a folder"),
@@ -103,14 +134,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind, extra, message",
-                         [(kind, extra, message) for kind, cases in CASES.items()
-                          for extra, message in cases])
+@pytest.mark.parametrize(
+    "kind, extra, message",
+    [(kind, extra, message) for kind, cases in CASES.items() for extra, message in cases],
+)
 def test_refusals_are_one_line(toy_run, tmp_path, kind, extra, message):
     (tmp_path / "afile.npy").write_bytes(b"x")
     extra = [part.replace("{tmp}", str(tmp_path)) for part in extra]
     message = message.replace("{tmp}", str(tmp_path))
-    out = [] if any(part.startswith("--out") for part in extra) else ["--out", str(tmp_path / "s.npy")]
+    out = (
+        []
+        if any(part.startswith("--out") for part in extra)
+        else ["--out", str(tmp_path / "s.npy")]
+    )
     refuse([toy_run["run_dir"], *out, *extra], message)
     assert not (tmp_path / "s.npy").exists()  # refused before any work
 
@@ -123,8 +159,10 @@ def test_never_overwrites(toy_run, tmp_path):
     out = tmp_path / "s.npy"
     sample.main([toy_run["run_dir"], "--num", "3", "--out", str(out)])
     first = np.load(out)
-    refuse([toy_run["run_dir"], "--num", "3", "--seed", "1", "--out", str(out)],
-           "exists; pass --overwrite")
+    refuse(
+        [toy_run["run_dir"], "--num", "3", "--seed", "1", "--out", str(out)],
+        "exists; pass --overwrite",
+    )
     np.testing.assert_array_equal(np.load(out), first)
     sample.main([toy_run["run_dir"], "--num", "3", "--seed", "1", "--out", str(out), "--overwrite"])
     assert not np.array_equal(np.load(out), first)
@@ -133,7 +171,9 @@ def test_never_overwrites(toy_run, tmp_path):
 def test_default_output_leaves_training_files_alone(toy_run):
     run_dir = toy_run["run_dir"]
     training_png = sorted(p.name for p in __import__("pathlib").Path(run_dir).glob("*.png"))
-    before = {name: (__import__("pathlib").Path(run_dir) / name).read_bytes() for name in training_png}
+    before = {
+        name: (__import__("pathlib").Path(run_dir) / name).read_bytes() for name in training_png
+    }
     result = sample.main([run_dir, "--num", "5", "--nfe", "2", "--seed", "7"])
     assert result["out"].endswith("samples/nfe2_seed7.png")
     for name, data in before.items():  # samples_nfe1.png & co. are the training run's, untouched
@@ -146,7 +186,9 @@ def test_nonfinite_checkpoint_is_refused(toy_run, tmp_path):
     with safe_open(toy_run["checkpoint"], framework="pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         metadata = handle.metadata()
-    key = next(k for k, v in tensors.items() if v.is_floating_point() and "ema" in k and v.dim() == 2)
+    key = next(
+        k for k, v in tensors.items() if v.is_floating_point() and "ema" in k and v.dim() == 2
+    )
     tensors[key] = tensors[key].clone()
     tensors[key][0, 0] = math.nan
     save_file(tensors, str(path), metadata=metadata)
@@ -155,28 +197,72 @@ def test_nonfinite_checkpoint_is_refused(toy_run, tmp_path):
 
 
 def test_class_label_and_cfg_need_a_conditional_model(toy_run, conditional_run, tmp_path):
-    refuse([toy_run["run_dir"], "--class-label", "1", "--out", str(tmp_path / "a.npy")],
-           "this model is unconditional")
-    refuse([toy_run["run_dir"], "--cfg-scale", "2", "--out", str(tmp_path / "a.npy")],
-           "--cfg-scale needs a class-conditional model")
-    refuse([conditional_run["run_dir"], "--class-label", "5", "--out", str(tmp_path / "a.npy")],
-           "--class-label must be in [0, 1]")
+    refuse(
+        [toy_run["run_dir"], "--class-label", "1", "--out", str(tmp_path / "a.npy")],
+        "this model is unconditional",
+    )
+    refuse(
+        [toy_run["run_dir"], "--cfg-scale", "2", "--out", str(tmp_path / "a.npy")],
+        "--cfg-scale needs a class-conditional model",
+    )
+    refuse(
+        [conditional_run["run_dir"], "--class-label", "5", "--out", str(tmp_path / "a.npy")],
+        "--class-label must be in [0, 1]",
+    )
 
 
 def test_every_knob_reaches_the_sampler(toy_run, tmp_path, monkeypatch):
     seen = []
     real = sample.ucgm_sample
     monkeypatch.setattr(sample, "ucgm_sample", lambda *a, **k: seen.append(k) or real(*a, **k))
-    sample.main([toy_run["run_dir"], "--num", "2", "--out", str(tmp_path / "a.npy"), "--preset", "any8",
-                 "--order", "2", "--stochastic-ratio", "SDE", "--extrapolation-ratio", "0.5",
-                 "--kumaraswamy", "1.17", "0.8", "1.1", "--boundary-gaps", "0.001", "0.3"])
+    sample.main(
+        [
+            toy_run["run_dir"],
+            "--num",
+            "2",
+            "--out",
+            str(tmp_path / "a.npy"),
+            "--preset",
+            "any8",
+            "--order",
+            "2",
+            "--stochastic-ratio",
+            "SDE",
+            "--extrapolation-ratio",
+            "0.5",
+            "--kumaraswamy",
+            "1.17",
+            "0.8",
+            "1.1",
+            "--boundary-gaps",
+            "0.001",
+            "0.3",
+        ]
+    )
     options = {k: v for k, v in seen[-1].items() if k not in ("y", "y_null", "generator")}
-    assert options == dict(steps=8, style="any", order=2, stochastic_ratio="SDE",
-                           extrapolation_ratio=0.5, kumaraswamy_abc=(1.17, 0.8, 1.1),
-                           boundary_gaps=(0.001, 0.3), cfg_scale=0.0, cfg_interval=(0.0, 1.0))
+    assert options == dict(
+        steps=8,
+        style="any",
+        order=2,
+        stochastic_ratio="SDE",
+        extrapolation_ratio=0.5,
+        kumaraswamy_abc=(1.17, 0.8, 1.1),
+        boundary_gaps=(0.001, 0.3),
+        cfg_scale=0.0,
+        cfg_interval=(0.0, 1.0),
+    )
     for name, preset in PRESETS.items():  # a preset alone gives exactly its table row
-        sample.main([toy_run["run_dir"], "--num", "1", "--out", str(tmp_path / f"{name}.npy"),
-                     "--preset", name])
+        sample.main(
+            [
+                toy_run["run_dir"],
+                "--num",
+                "1",
+                "--out",
+                str(tmp_path / f"{name}.npy"),
+                "--preset",
+                name,
+            ]
+        )
         assert {k: seen[-1][k] for k in preset} == preset
     sample.main([toy_run["run_dir"], "--num", "1", "--out", str(tmp_path / "n3.npy"), "--nfe", "3"])
     assert {k: seen[-1][k] for k in preset_for_nfe(3)} == preset_for_nfe(3)
@@ -186,25 +272,50 @@ def test_cfg_reaches_a_conditional_model(conditional_run, tmp_path, monkeypatch)
     seen = []
     real = sample.ucgm_sample
     monkeypatch.setattr(sample, "ucgm_sample", lambda *a, **k: seen.append(k) or real(*a, **k))
-    result = sample.main([conditional_run["run_dir"], "--num", "3", "--out", str(tmp_path / "a.npy"),
-                          "--steps", "3", "--style", "mul", "--cfg-scale", "1.5", "--cfg-interval",
-                          "0", "0.7"])
+    result = sample.main(
+        [
+            conditional_run["run_dir"],
+            "--num",
+            "3",
+            "--out",
+            str(tmp_path / "a.npy"),
+            "--steps",
+            "3",
+            "--style",
+            "mul",
+            "--cfg-scale",
+            "1.5",
+            "--cfg-interval",
+            "0",
+            "0.7",
+        ]
+    )
     assert seen[-1]["cfg_scale"] == 1.5 and seen[-1]["cfg_interval"] == (0.0, 0.7)
     assert seen[-1]["y_null"].tolist() == [2, 2, 2]  # the null class id = num_classes
     assert np.isfinite(np.load(result["out"])).all()
 
 
 def test_help_lists_presets_with_values():
-    text = subprocess.run([sys.executable, "sample.py", "--help"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "sample.py", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for name in PRESETS:
         assert name in text
     assert "boundary_gaps=(0.001, 0.7)" in text and "kumaraswamy_abc=(1.17, 0.8, 1.1)" in text
 
 
 def test_cli_error_has_no_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "sample.py", str(tmp_path), "--num", "0"], cwd=REPO_ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "sample.py", str(tmp_path), "--num", "0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == ["sample.py: error: --num must be an integer in "
-                                                "[1, 9223372036854775807], got 0"]
+    assert done.stderr.strip().splitlines() == [
+        "sample.py: error: --num must be an integer in " "[1, 9223372036854775807], got 0"
+    ]

@@ -1,12 +1,13 @@
-"""Order-2 corrector: ours against the official update, measured on Gaussian data (issue #11 item 9).
+"""Order-2 corrector: ours against the official update on Gaussian data (issue #11 item 9).
 
-Ours (`ucgm_sample`, order 2): deterministic predictor x_pred = (1 - t_n) x_hat + t_n z_hat, trapezoid
-on the data prediction x_hat <- (x_hat + x_hat(x_pred, t_n)) / 2, z_hat <- (x - (1 - t_c) x_hat) / t_c,
-then the usual re-noising; skipped on the last step to t = 0.
-Official (`sampling_loop`, `sampling_order == 2`), written here from its formula: the predictor is the
-re-noised x_next; the corrector evaluates z' at (x_next, t_n) and replaces x_next by the DDIM update
-x_next = x (1 - t_n) / (1 - t_c) + (t_n - (1 - t_n) t_c / (1 - t_c)) (z_hat + z') / 2, which divides
-by gamma(t_c) = 1 - t_c (NaN at t_c = 1); it is skipped on the last step only when boundary_gaps[1] != 0.
+Ours (`ucgm_sample`, order 2): deterministic predictor x_pred = (1 - t_n) x_hat + t_n z_hat,
+trapezoid on the data prediction x_hat <- (x_hat + x_hat(x_pred, t_n)) / 2,
+z_hat <- (x - (1 - t_c) x_hat) / t_c, then the usual re-noising; skipped on the last step to t = 0.
+Official (`sampling_loop`, `sampling_order == 2`), written here from its formula: the predictor is
+the re-noised x_next; the corrector evaluates z' at (x_next, t_n) and replaces x_next by the DDIM
+update x_next = x (1 - t_n) / (1 - t_c) + (t_n - (1 - t_n) t_c / (1 - t_c)) (z_hat + z') / 2, which
+divides by gamma(t_c) = 1 - t_c (NaN at t_c = 1); it is skipped on the last step only when
+boundary_gaps[1] != 0.
 The exact answer comes from the closed-form flow map of N(mu, sigma^2) data (test_sampler), not from
 either sampler. Time convention: see twinflow_min/transport.py.
 """
@@ -37,14 +38,15 @@ def official_order_two(model, z, grid, last_corrected):
             t_vec = torch.full((z.shape[0],), t_n, dtype=F64)
             _, z_pri = invert(x_next, model(x_next, t_vec, t_vec), t_vec)
             gamma_c = torch.tensor(1 - t_c, dtype=F64)  # a tensor, as officially: 0 / 0 = NaN
-            x_next = (x * (1 - t_n) / gamma_c
-                      + (t_n - (1 - t_n) * t_c / gamma_c) * 0.5 * (z_hat + z_pri))
+            x_next = x * (1 - t_n) / gamma_c + (t_n - (1 - t_n) * t_c / gamma_c) * 0.5 * (
+                z_hat + z_pri
+            )
         x = x_next
     return sample
 
 
 def exact_sample(t_start, t_end):
-    """The last x_hat of an exact ODE solve: x_end = Phi_{t_start -> t_end}(z), x_hat(x_end, t_end)."""
+    """Last x_hat of an exact ODE solve: x_end = Phi_{t_start -> t_end}(z), x_hat(x_end, t_end)."""
     x_end = gaussian_flow_map(Z4, t_start, t_end)
     t = torch.full((4,), t_end, dtype=F64)
     return x_end - t_end * gaussian_model(x_end, t, t)
@@ -53,8 +55,9 @@ def exact_sample(t_start, t_end):
 def errors(intervals, gaps):
     grid = ucgm_time_grid(2 * intervals + 1, order=2, boundary_gaps=gaps).tolist()
     exact = exact_sample(grid[0], grid[-2])
-    ours = ucgm_sample(gaussian_model, Z4, steps=2 * intervals + 1, style="mul", order=2,
-                       boundary_gaps=gaps)
+    ours = ucgm_sample(
+        gaussian_model, Z4, steps=2 * intervals + 1, style="mul", order=2, boundary_gaps=gaps
+    )
     euler = ucgm_sample(gaussian_model, Z4, steps=intervals + 1, style="mul", boundary_gaps=gaps)
     official = official_order_two(gaussian_model, Z4, grid, last_corrected=False)
     return [(value - exact).abs().max().item() for value in (ours, official, euler)]

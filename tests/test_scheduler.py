@@ -1,7 +1,8 @@
 """TwinFlowScheduler (twinflow_min/sampler.py, issues #4, #18): the step-by-step UCGM sampler.
 
-Expected grids come from the official configs (docs/math.md#sampler-presets) or closed forms written
-here; the step-loop results are compared with `ucgm_sample` on the same model, grid and seeded noise.
+Expected grids come from the official configs (docs/math.md#sampler-presets) or closed forms
+written here; the step-loop results are compared with `ucgm_sample` on the same model, grid and
+seeded noise.
 The pipeline tests drive the scheduler the way a diffusers flow-matching pipeline does (config.get,
 order, set_timesteps, step(..., return_dict=False)[0] without a generator), without diffusers.
 Time convention: see twinflow_min/transport.py.
@@ -40,34 +41,54 @@ def test_loop_equals_ucgm_sample_with_presets(nfe):
     assert torch.allclose(looped, sampled, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("style, ratio, gaps", [("few", "SDE", (0.001, 0.5)), ("any", 0.0, (0.001, 0.5)),
-                                                ("mul", 0.5, (0.0, 0.0))])
+@pytest.mark.parametrize(
+    "style, ratio, gaps",
+    [("few", "SDE", (0.001, 0.5)), ("any", 0.0, (0.001, 0.5)), ("mul", 0.5, (0.0, 0.0))],
+)
 def test_loop_equals_ucgm_sample_explicit(style, ratio, gaps):
     model, z = TinyModel(4, seed=1), torch.randn(2, 2, 2, generator=gen(1), dtype=F64)
     scheduler = TwinFlowScheduler(style=style, stochastic_ratio=ratio, boundary_gaps=gaps)
     looped = run_loop(scheduler, model, z, 4, generator=[gen(7), gen(8)])
-    sampled = ucgm_sample(model, z, steps=4, style=style, stochastic_ratio=ratio, boundary_gaps=gaps,
-                          generator=[gen(7), gen(8)])
+    sampled = ucgm_sample(
+        model,
+        z,
+        steps=4,
+        style=style,
+        stochastic_ratio=ratio,
+        boundary_gaps=gaps,
+        generator=[gen(7), gen(8)],
+    )
     assert torch.allclose(looped, sampled, atol=1e-12, rtol=0)
 
 
 def test_default_grids_follow_official_configs():
     scheduler = TwinFlowScheduler()
     # reference §3.2: 1 NFE [1, 0]; 2 NFE [0.999, 0.6, 0]; 4 NFE 0.999 - k 0.499/3, then 0
-    for steps, expected in ((1, [1.0, 0.0]), (2, [0.999, 0.6, 0.0]),
-                            (4, [0.999 - k * 0.499 / 3 for k in range(4)] + [0.0])):
+    for steps, expected in (
+        (1, [1.0, 0.0]),
+        (2, [0.999, 0.6, 0.0]),
+        (4, [0.999 - k * 0.499 / 3 for k in range(4)] + [0.0]),
+    ):
         scheduler.set_timesteps(steps)
-        assert torch.allclose(scheduler.sigmas, torch.tensor(expected, dtype=F64), atol=1e-14, rtol=0)
+        assert torch.allclose(
+            scheduler.sigmas, torch.tensor(expected, dtype=F64), atol=1e-14, rtol=0
+        )
         # timesteps are float32 (diffusers): 1000 t to float32 precision (spacing 6.1e-5 near 1000)
         assert scheduler.timesteps.dtype == torch.float32
-        assert torch.allclose(scheduler.timesteps.double(), 1000 * torch.tensor(expected[:-1], dtype=F64),
-                              atol=1e-4, rtol=0)
+        assert torch.allclose(
+            scheduler.timesteps.double(),
+            1000 * torch.tensor(expected[:-1], dtype=F64),
+            atol=1e-4,
+            rtol=0,
+        )
     assert scheduler.step_ratio == 1.0  # 4 NFE preset re-noises fully
     scheduler.set_timesteps(1)
     assert scheduler.step_ratio == 0.0  # tutorial 1 NFE
     mul = TwinFlowScheduler(style="mul", kumaraswamy_abc=(1.17, 0.8, 1.1))
     mul.set_timesteps(30)
-    assert torch.allclose(mul.sigmas[:3], torch.tensor([0.99989, 0.98978, 0.97547], dtype=F64), atol=5e-6)
+    assert torch.allclose(
+        mul.sigmas[:3], torch.tensor([0.99989, 0.98978, 0.97547], dtype=F64), atol=5e-6
+    )
 
 
 def test_shift_follows_sd3_formula():
@@ -92,7 +113,9 @@ def test_target_timestep_per_style(style):
         assert scheduler.target_timestep(timestep) == pytest.approx(1000 * expected, abs=1e-9)
         t, t_tgt = scheduler.model_times(timestep, 3)
         assert t.shape == t_tgt.shape == (3,) and t.dtype == torch.float32
-        assert t_tgt[0].item() == pytest.approx(expected, abs=1e-7) and t[0].item() == pytest.approx(grid[i])
+        assert t_tgt[0].item() == pytest.approx(expected, abs=1e-7) and t[
+            0
+        ].item() == pytest.approx(grid[i])
 
 
 def test_step_output_fields():
@@ -100,17 +123,24 @@ def test_step_output_fields():
     scheduler.set_timesteps(4)  # grid [1, .75, .5, .25, 0]
     sample, F = torch.tensor([[0.5, -1.0]], dtype=F64), torch.tensor([[0.2, 0.4]], dtype=F64)
     out = scheduler.step(F, scheduler.timesteps[1], sample)  # t = 0.75 -> 0.5
-    # x_hat = x - t F = [0.35, -1.3]; z_hat = x + (1 - t) F = [0.55, -0.9]; x_next = 0.5 x_hat + 0.5 z_hat
-    assert torch.allclose(out.pred_original_sample, torch.tensor([[0.35, -1.3]], dtype=F64), atol=1e-15)
+    # x_hat = x - t F = [0.35, -1.3]; z_hat = x + (1 - t) F = [0.55, -0.9];
+    # x_next = 0.5 x_hat + 0.5 z_hat
+    assert torch.allclose(
+        out.pred_original_sample, torch.tensor([[0.35, -1.3]], dtype=F64), atol=1e-15
+    )
     assert torch.allclose(out.prev_sample, torch.tensor([[0.45, -1.1]], dtype=F64), atol=1e-15)
     last = scheduler.step(F, scheduler.timesteps[-1], sample)  # the final step lands on x_hat
     assert torch.equal(last.prev_sample, last.pred_original_sample)
     assert out.prev_sample.dtype == F64
-    assert scheduler.step(F.float(), scheduler.timesteps[0], sample.float()).prev_sample.dtype == torch.float32
+    assert (
+        scheduler.step(F.float(), scheduler.timesteps[0], sample.float()).prev_sample.dtype
+        == torch.float32
+    )
 
 
 def test_single_point_oracle_through_scheduler():
-    # data = the point 0.3: F = (x - 0.3) / t is exact, so the loop returns 0.3 with or without re-noising
+    # data = the point 0.3: F = (x - 0.3) / t is exact, so the loop returns 0.3 with or without
+    # re-noising
     z = torch.tensor([[-1.0], [0.0], [0.7], [2.0]], dtype=F64)
     model = lambda x, t, r, y: (x - 0.3) / t[:, None]
     for steps in (1, 2, 4):
@@ -155,6 +185,7 @@ def test_clear_errors():
 
 # ------------------------------------------------------ issue 18: the diffusers pipeline interface
 
+
 class InstantaneousModel:
     """A pipeline's transformer: F(x_t, timestep) with timestep = 1000 t, no target time."""
 
@@ -167,12 +198,12 @@ class InstantaneousModel:
 
 
 def as_pipeline_time(t):
-    """The model time a pipeline's transformer sees: the float32 timestep 1000 t, divided by 1000."""
+    """The model time a pipeline's transformer sees: the float32 timestep 1000 t, over 1000."""
     return (1000 * t).float().double() / 1000
 
 
 def instantaneous(model):
-    """`ucgm_sample` form of the pipeline's model: F(x, t, t_tgt) = F(x, t) at the pipeline's time."""
+    """`ucgm_sample` form of the pipeline's model: F(x, t, t_tgt) = F(x, t) at its time."""
     return lambda x, t, r, y: model.inner(x, as_pipeline_time(t), as_pipeline_time(t), None)
 
 
@@ -200,7 +231,9 @@ def pipeline_call(scheduler, model, latents, num_inference_steps, sigmas=None):
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_pipeline_loop_equals_ucgm_sample(steps):
     model, z = InstantaneousModel(6), torch.randn(3, 6, generator=gen(5), dtype=F64)
-    scheduler = TwinFlowScheduler(num_train_timesteps=1000, prediction_type="flow_matching", shift=1.0)
+    scheduler = TwinFlowScheduler(
+        num_train_timesteps=1000, prediction_type="flow_matching", shift=1.0
+    )
     assert scheduler.order == 1 and scheduler.config.get("use_dynamic_shifting") is False
     assert scheduler.config.get("num_train_timesteps") == 1000 and scheduler.config.shift == 1.0
     assert scheduler.config.get("prediction_type") == "flow_matching"
@@ -226,7 +259,9 @@ def test_pipeline_seed_and_custom_sigmas():
     out = pipeline_call(custom, model, z, 2, sigmas=[1.0, 0.5])
     assert torch.equal(custom.sigmas, torch.tensor([1.0, 0.5, 0.0], dtype=F64))
     assert torch.equal(custom.timesteps, torch.tensor([1000.0, 500.0]))
-    reference = ucgm_sample(instantaneous(model), z, steps=2, style="few", boundary_gaps=(0.0, 0.0))  # grid [1, 0.5, 0] (g1 = 0 rule)
+    reference = ucgm_sample(
+        instantaneous(model), z, steps=2, style="few", boundary_gaps=(0.0, 0.0)
+    )  # grid [1, 0.5, 0] (g1 = 0 rule)
     assert torch.allclose(out, reference, atol=1e-12, rtol=0)
 
 
@@ -254,7 +289,9 @@ def test_step_counter_begin_index_and_scale_noise():
     sample, noise = torch.full((2, 3), 0.4, dtype=F64), torch.full((2, 3), -1.0, dtype=F64)
     # scale_noise looks each timestep up: x_t = (1 - t) x + t z at t = 0.5 and 0.25
     scaled = scheduler.scale_noise(sample, scheduler.timesteps[2:4], noise)
-    assert torch.allclose(scaled[:, 0], torch.tensor([0.5 * 0.4 - 0.5, 0.75 * 0.4 - 0.25], dtype=F64))
+    assert torch.allclose(
+        scaled[:, 0], torch.tensor([0.5 * 0.4 - 0.5, 0.75 * 0.4 - 0.25], dtype=F64)
+    )
     scheduler.set_begin_index(1)  # image-to-image: start at t = 0.75
     scaled = scheduler.scale_noise(sample, scheduler.timesteps[1:2], noise)
     assert torch.allclose(scaled, torch.full_like(sample, 0.25 * 0.4 - 0.75))
