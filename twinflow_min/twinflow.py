@@ -152,8 +152,6 @@ class TwinFlowOptions:
                 raise OptionError(name, getattr(self, name), rule)
         low, high = self.enhanced_range
         object.__setattr__(self, "enhanced_range", (float(low), float(high)))
-        if self.frozen_teacher:
-            object.__setattr__(self, "rcgm_teacher_is_student", True)
         if self.recipe == "tutorial":
             for field in dataclasses.fields(self):
                 value = getattr(self, field.name)
@@ -161,6 +159,8 @@ class TwinFlowOptions:
                     raise OptionError(field.name, value, "is set, but large-recipe options only "
                                       "apply to recipe='large' (SRC); the tutorial mirrors TUT, "
                                       "which has none: use recipe='large' or reset it")
+        if self.frozen_teacher:
+            object.__setattr__(self, "rcgm_teacher_is_student", True)
 
     @classmethod
     def from_keywords(cls, **options) -> "TwinFlowOptions":
