@@ -1,84 +1,117 @@
-"""Paper companion: TwinFlow vs RCGM-only vs plain flow matching on a 2-D toy, same budget, 1/2/4 NFE.
+"""Paper companion: TwinFlow vs its RCGM base vs flow matching on a 2-D toy, same budget, 1/2/4 NFE.
 
-TwinFlow (arXiv:2512.05150), Sec. 4 ablation (Fig. 4b: adding L_TwinFlow to the RCGM base improves 1-NFE
-quality). Three runs of `train.py` with the same model, steps, batch and seed:
-  twinflow      L_base + L_realvel + L_adv + L_rectify + L_consistency   (tutorial recipe, adversarial on)
-  rcgm          L_base + L_realvel                                       (twinflow_adversarial_enabled false)
-  flow-matching plain flow matching                                      (twinflow_enabled false)
-each sampled with 1, 2, 4 NFE (official UCGM presets) and a 50-step ODE. Writes, under --out:
-  compare_<toy>.png   one row per method: samples vs data, energy distance in each panel title
-  compare_<toy>.md    the same numbers as a table (energy distance to 4,000 fresh data points, lower is better)
+TwinFlow (arXiv:2512.05150), Sec. 4 ablation (adding the twin-trajectory terms to the RCGM base
+improves 1-NFE quality). Five methods (toy/companion.py `METHODS`), each trained with the same
+model, batch, optimizer and steps for every seed of --seeds:
+  flow-matching      plain flow matching
+  rcgm               L_base alone (official RCGM mode: tutorial training_step, no using_twinflow)
+  rcgm+realvel       L_base + real velocity
+  twinflow-tutorial  L_base + real velocity + L_adv + L_rectify + consistency (tutorial recipe)
+  twinflow-large     the large recipe, equal e2e / mul / any / adv row groups
+each sampled with 1, 2, 4 NFE (official UCGM presets) and a 50-step Euler ODE, scored by the energy
+distance to 4,000 fresh data points on fixed draws. Writes, under --out (a new folder):
+  compare_<toy>.md    mean ± sd over the seeds per method and sampler, the data-vs-data floor, and
+                      every run's numbers
+  compare_<toy>.png   one row per method (first seed): 1, 2, 4 NFE and the ODE over the data
+  <toy>-<method>-seed<k>/   each train.py run (checkpoint, samples, loss curves)
 
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, negative t is the fake branch.
+Default budget: 1,000 steps per run (half the toy preset's 2,000) x 5 methods x 3 seeds, one thread:
+about 5 minutes on an idle 2-core CPU. Time convention: see twinflow_min/transport.py.
 
-    python toy/compare_methods.py                      # moons, ~3 minutes on a 2-core CPU
-    python toy/compare_methods.py --toy 8gaussians --steps 3000
+    python toy/compare_methods.py                           # moons, 3 seeds
+    python toy/compare_methods.py --toy 8gaussians --steps 2000 --out outputs/compare-8g
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import train  # noqa: E402
+from toy.companion import (COLUMNS, DATA_ROW, METHODS, QUICK_FLAGS, data_floor,  # noqa: E402
+                           fresh_folder, markdown_table, mean_spread, positive_int, run,
+                           seed_value, stack_rows, torch_threads)
 from twinflow_min.data import TOY_DATASETS  # noqa: E402
 
-METHODS = {
-    "twinflow": [],
-    "rcgm": ["--twinflow_adversarial_enabled", "false"],
-    "flow-matching": ["--twinflow_enabled", "false"],
-}
-COLUMNS = [("1 NFE", "energy_distance_nfe1"), ("2 NFE", "energy_distance_nfe2"), ("4 NFE", "energy_distance_nfe4"),
-           ("50-step ODE", "energy_distance_ode50")]
+SCRIPT = "compare_methods.py"
+DEFAULT_STEPS, QUICK_STEPS = 1000, 3
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog=f"toy/{SCRIPT}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--toy", default="moons", choices=TOY_DATASETS)
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help=f"training steps per run (default {DEFAULT_STEPS}; "
+                             f"{QUICK_STEPS} with --quick)")
+    parser.add_argument("--seeds", type=seed_value, nargs="+", default=None,
+                        help="training seeds (default 0 1 2; 0 with --quick)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="methods to train (default: all five)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch threads (default 1: fastest for the 64-wide MLP on a busy CPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 3 steps, one seed, 200 evaluation samples")
+    parser.add_argument("--out", default="outputs/compare", help="a new output folder")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="further train.py flags for every run, e.g. --extra --batch-size 64")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    for name, values in (("--seeds", args.seeds), ("--methods", args.methods)):
+        if len(set(values)) != len(values):
+            parser.error(f"{name} {values} repeats a value; give distinct values")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--toy", default="moons", choices=TOY_DATASETS)
-    parser.add_argument("--steps", type=int, default=None, help="training steps per method (default: the toy preset)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/compare", help="output folder (default outputs/compare)")
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                        help="further train.py flags given to every method, e.g. --extra --batch-size 64")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    steps = ["--max_train_steps", str(args.steps)] if args.steps else []
-    results, rows = {}, []
-    for method, flags in METHODS.items():
-        print(f"== {method}")
-        summary = train.main(["--toy", args.toy, "--seed", str(args.seed), "--output_dir", str(out),
-                              "--run_name", f"{args.toy}-{method}", *steps, *flags, *args.extra])
-        results[method] = summary
-        rows.append(Image.open(Path(summary["run_dir"]) / "samples_multistep.png").convert("RGB"))
+    """Train every method for every seed, write table and figure; {method: [summary per seed]}."""
+    args = parse_args(argv)
+    out = fresh_folder(SCRIPT, args.out)
+    extra = [*(QUICK_FLAGS if args.quick else []), *args.extra]
+    results: dict[str, list[dict]] = {method: [] for method in args.methods}
+    tic = time.time()
+    with torch_threads(args.threads):
+        for seed in args.seeds:
+            for method in args.methods:
+                summary = run(args.toy, METHODS[method], seed=seed, steps=args.steps, out=out,
+                              name=f"{args.toy}-{method}-seed{seed}", extra=extra)
+                results[method].append(summary)
+                print(f"{method:18s} seed {seed}: "
+                      + "  ".join(f"{c} {summary[k]:.4f}" for c, k in COLUMNS)
+                      + f"  ({summary['seconds']:.0f} s)", flush=True)
+        num = results[args.methods[0]][0]["num_samples"]
+        floor = data_floor(args.toy, num, args.seeds)
+    minutes = (time.time() - tic) / 60
 
-    # figure: the runs' multi-step panels stacked, one row per method, labelled on the left
-    from PIL import ImageDraw
-
-    from twinflow_min.canvas import FONT_LARGE, draw_text
-    label_width = 150
-    figure = Image.new("RGB", (label_width + max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    draw, top = ImageDraw.Draw(figure), 0
-    for (method, _), row in zip(METHODS.items(), rows):
-        figure.paste(row, (label_width, top))
-        draw_text(draw, (10, top + row.height // 2), method, FONT_LARGE, align="lc")
-        top += row.height
-    figure_path = out / f"compare_{args.toy}.png"
-    figure.save(figure_path)
-
-    lines = [f"Energy distance to fresh `{args.toy}` data (4,000 samples each, lower is better; two independent "
-             f"data draws give 0.0002-0.0016, mean 0.0007, over 10 seeds).", "",
-             "| method | " + " | ".join(c for c, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-    for method, summary in results.items():
-        lines.append(f"| {method} | " + " | ".join(f"{summary[key]:.4f}" for _, key in COLUMNS) + " |")
-    table = "\n".join(lines)
-    (out / f"compare_{args.toy}.md").write_text(table + "\n")
-    print(table)
-    print(f"wrote {figure_path}")
+    rows = [Image.open(Path(runs[0]["run_dir"]) / "samples_multistep.png").convert("RGB")
+            for runs in results.values()]
+    figure_path = stack_rows(rows, list(results), out / f"compare_{args.toy}.png")
+    header = ["method", *(c for c, _ in COLUMNS), "s / run"]
+    table = [[method, *(mean_spread(s[k] for s in runs) for _, k in COLUMNS),
+              f"{statistics.fmean(s['seconds'] for s in runs):.0f}"]
+             for method, runs in results.items()]
+    table.append([DATA_ROW, *[mean_spread(floor)] * len(COLUMNS), "-"])
+    every = [[method, str(seed), *(f"{s[k]:.4f}" for _, k in COLUMNS)]
+             for method, runs in results.items() for seed, s in zip(args.seeds, runs)]
+    seeds = ", ".join(map(str, args.seeds))
+    text = "\n".join([
+        f"Energy distance to fresh `{args.toy}` data ({num:,} samples, lower is better): "
+        f"mean ± sd over {len(args.seeds)} training seed(s) ({seeds}); {args.steps:,} steps of "
+        f"batch 96 per run (toy preset otherwise). `{DATA_ROW}`: a fresh data draw per seed "
+        f"scored the same way, the metric's floor. Wall time {minutes:.1f} min in all, "
+        f"{args.threads} thread(s).", "",
+        markdown_table(header, table), "", "Every run:", "",
+        markdown_table(["method", "seed", *(c for c, _ in COLUMNS)], every)])
+    (out / f"compare_{args.toy}.md").write_text(text + "\n")
+    print(text)
+    print(f"wrote {figure_path} and {out / f'compare_{args.toy}.md'}")
     return results
 
 

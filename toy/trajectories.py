@@ -1,15 +1,15 @@
 """Paper companion: the real and the fake ("twin") trajectories of one trained TwinFlow network.
 
-TwinFlow (arXiv:2512.05150), Sec. 3.1: one network F(x_t, t, t_tgt) holds two flows. At positive time it
-carries noise to the data (the real trajectory); at negative time it carries the same noise to its own
-one-step samples (the fake trajectory, trained by L_adv on x_fake = z - F(z, 1, 0)). This script integrates
-both ODEs from the same noise with the instantaneous velocity (t_tgt = t):
+TwinFlow (arXiv:2512.05150), Sec. 3.1: one network F(x_t, t, t_tgt) holds two flows. At positive
+time it carries noise to the data (the real trajectory); at negative time it carries the same noise
+to its own one-step samples (the fake trajectory, trained by L_adv on x_fake = z - F(z, 1, 0)).
+This script integrates both ODEs from the same noise with the instantaneous velocity (t_tgt = t):
     real:  x <- x - (t - t') F(x,  t,  t)      t = 1 -> 0
     fake:  x <- x - (t - t') F(x, -t, -t)      (same grid, the network sees negative time)
 and draws the paths, the real endpoints against the data, and the fake endpoints against the model's
-one-step samples z - F(z, 1, 0). Output: <run>/trajectories.png.
+one-step samples z - F(z, 1, 0). Output: <run>/trajectories_paths.png, <run>/trajectories_ends.png.
 
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, negative t is the fake branch.
+Time convention: see twinflow_min/transport.py.
 
     python train.py --toy moons && python toy/trajectories.py outputs/toy-moons
 """
@@ -24,8 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from toy.companion import positive_int, seed_value  # noqa: E402
 from twinflow_min.checkpoint import load_pretrained  # noqa: E402
-from twinflow_min.data import sample_toy  # noqa: E402
+from twinflow_min.checks import CheckpointError  # noqa: E402
+from twinflow_min.data import TOY_DATASETS, sample_toy  # noqa: E402
 from twinflow_min.plots import scatter_png, trajectories_png  # noqa: E402
 from twinflow_min.transport import invert  # noqa: E402
 
@@ -43,16 +45,22 @@ def integrate(model, z: torch.Tensor, steps: int, sign: float) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a toy run folder (or its checkpoint.safetensors)")
-    parser.add_argument("--num", type=int, default=300, help="paths drawn (default 300)")
-    parser.add_argument("--steps", type=int, default=50, help="Euler steps per path (default 50)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--toy", default="moons", help="dataset drawn for reference (default moons)")
+    parser.add_argument("--num", type=positive_int, default=300, help="paths drawn (default 300)")
+    parser.add_argument("--steps", type=positive_int, default=50,
+                        help="Euler steps per path (default 50)")
+    parser.add_argument("--seed", type=seed_value, default=0)
+    parser.add_argument("--toy", default="moons", choices=TOY_DATASETS,
+                        help="dataset drawn for reference (default moons)")
     args = parser.parse_args(argv)
     run = Path(args.run)
     checkpoint = run / "checkpoint.safetensors" if run.is_dir() else run
-    model, _ = load_pretrained(checkpoint)
+    try:
+        model, _ = load_pretrained(checkpoint)
+    except (CheckpointError, OSError) as error:
+        raise SystemExit(f"toy/trajectories.py: error: {error}") from None
     model.eval()
     if not model.config.data_dim:
         raise SystemExit("toy/trajectories.py: error: this checkpoint is not a 2-D toy model")
@@ -60,12 +68,14 @@ def main(argv: list[str] | None = None) -> Path:
     real, fake = integrate(model, z, args.steps, 1.0), integrate(model, z, args.steps, -1.0)
     ones = torch.ones(args.num)
     with torch.no_grad():
-        one_step = invert(z, model(z, ones, torch.zeros_like(ones), None), ones)[0]  # x_fake = z - F(z, 1, 0)
+        # x_fake = z - F(z, 1, 0)
+        one_step = invert(z, model(z, ones, torch.zeros_like(ones), None), ones)[0]
     out_dir = checkpoint.parent
     paths = trajectories_png(out_dir / "trajectories_paths.png",
                              [("real branch: F(x, t, t), t > 0", real.numpy()),
                               ("fake branch: F(x, -t, -t), t < 0", fake.numpy())],
-                             title="the two trajectories of one network, from the same noise", limits=(-3, 3))
+                             title="the two trajectories of one network, from the same noise",
+                             limits=(-3, 3))
     data = sample_toy(args.toy, 2000, torch.Generator().manual_seed(1))
     ends = scatter_png(out_dir / "trajectories_ends.png",
                        [("real ODE ends vs data", {"data": data, "real ends": real[-1].float()}),
