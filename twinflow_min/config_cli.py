@@ -1,18 +1,20 @@
-"""Command line of training: a JSON file and one flag per TrainConfig key, merged into one checked config.
+"""Command line of training: a JSON file and one flag per TrainConfig key, merged and checked.
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (training settings). This is the front end of `config.py`: it
-reads a SimpleTuner-style `config.json` (`--config`; key names from SimpleTuner's TwinFlow guide,
-`bghira/SimpleTuner` documentation/distillation/TWINFLOW.md, also spelled `--key` as SimpleTuner writes
-them) and command-line flags named exactly like the keys, then hands the result to `config.validate`.
-The official TwinFlow code reads `src/configs/*.yaml` in `src/train.py` with no flags and no checks; here
-every mistake is one ConfigError line, raised before any work starts.
+Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (training settings). This is the front end of
+`config.py`: it reads a SimpleTuner-style `config.json` (`--config`; key names from SimpleTuner's
+TwinFlow guide, `bghira/SimpleTuner` documentation/distillation/TWINFLOW.md, also spelled `--key` as
+SimpleTuner writes them) and command-line flags named exactly like the keys, then hands the result
+to `config.validate`. The official TwinFlow code reads `src/configs/*.yaml` in `src/train.py` with
+no flags and no checks; here every mistake is one ConfigError line, raised before any work starts,
+and every note (a key that would not be used) is one ConfigWarning line.
 
 Where the values come from (later wins):
-  * without --config: PRESETS[name] picked from the dataset (a `toy:*` dataset, or none and no pretrained
-    model -> "toy"; any other dataset, or none but a pretrained model -> "cifar10"), then the flags;
+  * without --config: PRESETS[name] picked from the dataset (a `toy:*` dataset, or none and no
+    pretrained model -> "toy"; any other dataset, or none but a pretrained model -> "cifar10"),
+    then the flags;
   * with --resume DIR and no --config: the run's own saved config (its checkpoint), then the flags;
-  * with --config FILE.json: the dataclass defaults (SimpleTuner's), then the file's keys, then the flags.
-An explicit 0 / false / 0.0 always stays as given: nothing here falls back with `value or default`.
+  * with --config FILE.json: the dataclass defaults (SimpleTuner's), the file's keys, the flags.
+An explicit 0 / false / 0.0 always stays as given: nothing falls back with `value or default`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ RESUME_FIXED = ("output_dir", "run_name")  # a resume writes only into the run i
 
 
 def _metavar(key: str) -> str:
-    """INT, FLOAT, LIST, TEXT or the allowed values, with |none where None is allowed (for --help)."""
+    """INT, FLOAT, LIST, TEXT or the allowed values, |none where None is allowed (for --help)."""
     base, optional = _base_type(HINTS[key])
     choices = FIELDS[key].metadata["choices"]
     if choices:
@@ -55,10 +57,11 @@ def _metavar(key: str) -> str:
 
 
 def build_parser(description: str = "Train TwinFlow.") -> argparse.ArgumentParser:
-    """--config FILE.json and one flag per TrainConfig field, same name; absent flags stay absent."""
-    epilog = "Booleans: --flag true|false (bare --flag = true). Lists: [1,2,4] or 1,2,4. None: none."
-    parser = _Parser(description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False,
-                     epilog=epilog)
+    """--config FILE.json and one flag per TrainConfig field, same name; absent stays absent."""
+    epilog = ("Booleans: --flag true|false (bare --flag = true). Lists: [1,2,4] or 1,2,4. "
+              "None: none.")
+    parser = _Parser(description=description, argument_default=argparse.SUPPRESS,
+                     allow_abbrev=False, epilog=epilog)
     parser.add_argument("--config", metavar="FILE.json",
                         help="JSON config with these keys (SimpleTuner names)")
     boolean = dict(nargs="?", const="true", metavar="true|false")
@@ -83,7 +86,7 @@ BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": Fal
 
 
 def _parse_flag(key: str, text: str):
-    """A flag's text as the JSON value it stands for; `config._coerce` checks its type afterwards."""
+    """A flag's text as the JSON value it stands for; `config._coerce` checks its type next."""
     base, optional = _base_type(HINTS[key])
     if optional and text.lower() in ("none", "null"):
         return None
@@ -106,7 +109,7 @@ def _parse_word(text: str):
 
 
 def _no_duplicate_keys(path: str):
-    """object_pairs_hook of json.loads: a key written twice is refused (JSON would keep the last)."""
+    """object_pairs_hook of json.loads: a key written twice is refused (JSON keeps the last)."""
     def build(pairs: list[tuple]) -> dict:
         values = {}
         for key, value in pairs:
@@ -118,7 +121,8 @@ def _no_duplicate_keys(path: str):
 
 
 def _load_json(path: str) -> dict:
-    """The JSON object of a --config file; unreadable, empty, non-UTF-8, non-JSON or non-object: one line."""
+    """The JSON object of a --config file; unreadable, empty, not UTF-8, not JSON, not an object,
+    or a key written twice: one ConfigError line."""
     try:
         raw = Path(path).read_bytes()
     except OSError as error:
@@ -129,8 +133,9 @@ def _load_json(path: str) -> dict:
     try:
         text = raw.decode("utf-8-sig")  # a byte-order mark is fine
     except UnicodeDecodeError as error:
-        raise ConfigError(f"--config {path}: not UTF-8 text (byte {raw[error.start]:#04x} at offset "
-                          f"{error.start}); save it as UTF-8 JSON") from None
+        byte = f"byte {raw[error.start]:#04x} at offset {error.start}"
+        raise ConfigError(f"--config {path}: not UTF-8 text ({byte}); save it as UTF-8 JSON") \
+            from None
     try:
         values = json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
     except json.JSONDecodeError as error:
@@ -152,25 +157,27 @@ def _saved_config(path: str) -> dict:
 
 
 def preset_name(flags: dict) -> str:
-    """Preset used without --config: from the dataset flag, else "cifar10" for a pretrained model."""
+    """Preset used without --config: from the dataset flag, else cifar10 for a pretrained model."""
     if "dataset" in flags:
         return "toy" if flags["dataset"].startswith("toy:") else "cifar10"
     return "cifar10" if flags.get("pretrained_model_name_or_path") else "toy"
 
 
 def _check_resume_flags(flags: dict, start: dict) -> None:
-    """--output_dir / --run_name with --resume would be ignored (the run's own folder is written): refused."""
+    """--output_dir / --run_name with --resume would be ignored (the run's folder is written)."""
     for key in RESUME_FIXED:
         if key not in flags:
             continue
         if flags[key] == start.get(key, default_of(key)):
             continue
-        raise ConfigError(f"{key} = {flags[key]!r} cannot be used with resume: a resume writes only into "
-                          f"the run it resumes ({flags['resume']}); drop --{key}, or start a new run")
+        raise ConfigError(f"{key} = {flags[key]!r} cannot be used with resume: a resume writes "
+                          f"only into the run it resumes ({flags['resume']}); drop --{key}, "
+                          "or start a new run")
 
 
-def resolve_config(argv: list[str] | None = None, description: str = "Train TwinFlow.") -> TrainConfig:
-    """parse -> load JSON (if any) -> check keys and types -> build -> validate; notes: `warnings.warn`.
+def resolve_config(argv: list[str] | None = None,
+                   description: str = "Train TwinFlow.") -> TrainConfig:
+    """parse -> load JSON (if any) -> check keys and types -> build -> validate.
 
     Raises ConfigError (one line) for anything that cannot work; notes are ConfigWarning warnings.
     """
@@ -180,14 +187,15 @@ def resolve_config(argv: list[str] | None = None, description: str = "Train Twin
         if flag is None:
             raise ConfigError(f"command line: unexpected value {unknown[0]!r}; "
                               "every value follows its --flag")
-        raise _unknown_key_error(flag.lstrip("-").split("=")[0], " on the command line", prefix="--")
+        key = flag.lstrip("-").split("=")[0]
+        raise _unknown_key_error(key, " on the command line", prefix="--")
     given = vars(namespace)
     config_path = given.pop("config", None)
     parsed = {key: _parse_flag(key, text) for key, text in given.items()}
     flags = check_keys_and_types(parsed, " on the command line")
     if config_path is not None:
         start = check_keys_and_types(_load_json(config_path), f" in {config_path}")
-    elif flags.get("resume"):  # continue with the run's own config; flags still win (e.g. more steps)
+    elif flags.get("resume"):  # the run's own config; flags still win (e.g. more steps)
         saved = _saved_config(flags["resume"])
         start = check_keys_and_types(saved, f" in the checkpoint {flags['resume']}")
     else:
