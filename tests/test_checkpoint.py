@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,11 @@ def test_convert_load_and_match_reference(tmp_path, tool, convention):
                        if convention == "repa" else [])
 
     model, info = load_pretrained(out, dtype=torch.float64)
+    # issue 11 item 2: the file's prediction type is visible after load, for train.py to compare
+    assert model.config.prediction_type == info.config.prediction_type == expected_time[1]
+    assert model.config.time_convention == expected_time[0]
+    assert f"prediction {expected_time[1]}" in str(info)
+    assert type(model).__name__ == {"sit": "SiTTimeFlip", "repa": "DiT", "dit": "DiffusionAsFlow"}[convention]
     assert info.loaded == 12 + 10 * DEPTH and info.missing == TWINFLOW_KEYS and info.weights == "state dict"
     assert info.config.num_heads == HEADS and info.config.input_size == SIZE
     x_t, t, y = inputs()
@@ -236,6 +242,65 @@ def test_converter_errors_are_one_line(tmp_path, tool, capsys):
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))  # nothing half-written
     with pytest.raises(SystemExit):
         tool.main([str(tmp_path / "tiny.pt"), str(out), "--convention", "flux"])
+
+
+def test_converter_refusals_at_the_door(tmp_path, tool, capsys):
+    """Issue 13: sizes that make no sense, an existing output, a folder as output, an unwritable
+    place and a foreign file: one line each, and the existing output is left untouched."""
+    source, _ = write_source(tmp_path, "repa")
+    out = tmp_path / "out.safetensors"
+
+    def fails(*args):
+        assert tool.main([str(source), str(out), "--convention", "repa", *args]) == 1
+        message = capsys.readouterr().err.strip()
+        assert message.startswith("convert_checkpoint: error:") and "\n" not in message
+        return message
+
+    for heads in ("0", "-2"):
+        assert "--num-heads must be a positive integer, got" in fails("--num-heads", heads)
+    assert "--num-heads 3 does not divide the hidden size 32" in fails("--num-heads", "3")
+    out.write_bytes(b"precious")
+    message = fails("--num-heads", "2")
+    assert "already exists" in message and "--overwrite" in message
+    assert out.read_bytes() == b"precious"
+    assert tool.main([str(source), str(out), "--convention", "repa", "--num-heads", "2",
+                      "--overwrite"]) == 0
+    assert load_pretrained(out)[1].loaded == 12 + 10 * DEPTH  # replaced by the converted file
+    assert not list(tmp_path.glob("*.tmp"))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert tool.main([str(source), str(folder), "--convention", "repa"]) == 1
+    assert "is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert tool.main([str(source), str(blocker / "out.safetensors"), "--convention", "repa",
+                      "--num-heads", "2"]) == 1
+    assert "cannot write" in capsys.readouterr().err
+    torch.save({"encoder.weight": torch.zeros(2), "decoder.bias": torch.zeros(3)},
+               tmp_path / "other.pt")
+    assert tool.main([str(tmp_path / "other.pt"), str(tmp_path / "o.safetensors"),
+                      "--convention", "sit"]) == 1
+    assert "is not a DiT/SiT checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_converter_unreadable_input(tmp_path, tool, capsys):
+    source, _ = write_source(tmp_path, "repa")
+    source.chmod(0)
+    assert tool.main([str(source), str(tmp_path / "o.safetensors"), "--convention", "repa"]) == 1
+    assert "permission denied" in capsys.readouterr().err
+
+
+def test_foreign_safetensors_is_named_as_such(tmp_path):
+    """Issue 13: a safetensors file from another program is "not a DiT/SiT checkpoint", whether or
+    not a time convention is given (never "the file does not say its time convention")."""
+    path = tmp_path / "lora.safetensors"
+    save_file({"lora_up.weight": torch.zeros(4, 2), "lora_down.weight": torch.zeros(2, 4)}, str(path),
+              metadata={"ss_network_module": "networks.lora"})
+    for overrides in ({}, {"time_convention": "sit"}):
+        with pytest.raises(CheckpointError, match="is not a DiT/SiT checkpoint") as error:
+            load_pretrained(path, **overrides)
+        assert "time convention" not in str(error.value) and "\n" not in str(error.value)
 
 
 # ----------------------------------------------------------------------------- loader errors and other inputs

@@ -246,6 +246,24 @@ def test_image_folder_and_its_tarball(tmp_path):
         assert np.all(images[7] == 77)  # grey "L" image expanded to three equal channels
 
 
+@pytest.mark.parametrize("mode, suffix", [("w:gz", ".tar.gz"), ("w", ".tar"), ("w:xz", ".tar.xz")])
+def test_truncated_archive_is_one_line(tmp_path, mode, suffix):
+    """Issue 13: an archive cut in half gives one ValueError line, never a traceback, and never a
+    silently shorter data set (tarfile's stream mode alone stops quietly at a cut gzip stream)."""
+    _write_classes(tmp_path / "data" / "train")
+    archive = tmp_path / f"set{suffix}"
+    with tarfile.open(archive, mode) as handle:
+        handle.add(tmp_path / "data", arcname="set")
+    assert load_image_folder(archive)[0].shape == (8, 3, 5, 6)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated or damaged archive") as error:
+        load_image_folder(cut)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="truncated or damaged archive"):
+        load_dataset("folder", cut)
+
+
 def test_image_folder_max_images_round_robin(tmp_path):
     root = _write_classes(tmp_path / "r")
     images, labels, _ = load_image_folder(root, max_images=4)
@@ -315,6 +333,19 @@ def test_load_latents_round_trips(tmp_path):
         assert torch.equal(x, latents.float()) and torch.equal(y, labels)
     x, y, names = load_dataset(f"latents:{tmp_path / 'b.npz'}")
     assert x.shape == (5, 4, 2, 2) and names is None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_latents_are_refused_at_load(tmp_path, bad):
+    """Issue 13: NaN / inf latents are caught when the file is read, with the row count."""
+    latents, labels = _latents()
+    latents[1, 0, 0, 0] = bad
+    latents[3, 2, 1, 0] = bad
+    save_file({"latents": latents, "labels": labels}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="2 latent\\(s\\) hold NaN or inf"):
+        load_latents(tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        load_dataset(f"latents:{tmp_path / 'bad.safetensors'}")
 
 
 def test_load_latents_errors(tmp_path):

@@ -171,3 +171,18 @@ def test_bad_images_raise_clear_errors():
         images_to_unit_range(torch.zeros(1, 4, 4, 3, dtype=torch.uint8))
     with pytest.raises(TypeError, match="uint8"):
         images_to_unit_range(torch.zeros(1, 3, 4, 4, dtype=torch.int64))
+
+
+def test_torchscript_and_unreadable_files_name_the_file_that_works(tmp_path):
+    """Issue 13: a TorchScript Inception (torch-fidelity / clean-fid) is named as such, one line."""
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "inception-2015-12-05.pt"))
+    with pytest.raises(InceptionWeightsError, match="TorchScript") as error:
+        load_inception(tmp_path / "inception-2015-12-05.pt")
+    assert "pt_inception-2015-12-05-6726825d.pth" in str(error.value)
+    assert "\n" not in str(error.value)
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(InceptionWeightsError, match="cannot read .*pt_inception-2015-12-05"):
+        load_inception(tmp_path / "cut.pth")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(InceptionWeightsError, match="safetensors"):
+        load_inception(tmp_path / "bad.safetensors")

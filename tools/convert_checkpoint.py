@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as `python tools/convert_checkpoint.py`: ma
 from twinflow_min.checkpoint import (META_ARCHITECTURE, META_PREDICTION_TYPE, META_TIME_CONVENTION,  # noqa: E402
                                      META_TIME_SCALE, CheckpointError, architecture_name, audit_keys,
                                      expected_shapes, infer_config_from_shapes)
+from twinflow_min.checks import is_count  # noqa: E402
 from twinflow_min.model import config_to_metadata  # noqa: E402
 
 # How each source family maps onto DiTConfig's time fields (checkpoints.md; SiT/REPA feed raw t, DiT the index).
@@ -52,10 +53,12 @@ class ConversionError(CheckpointError):
 
 
 def load_pickled_checkpoint(path: str) -> object:
-    """torch.load with weights_only=True (no arbitrary code), allowing the argparse.Namespace that SiT/REPA
-    training scripts store under "args"."""
+    """torch.load with weights_only=True (no arbitrary code), allowing the argparse.Namespace that
+    SiT/REPA training scripts store under "args"."""
     if not os.path.isfile(path):
         raise ConversionError(f"no file at {path!r}")
+    if not os.access(path, os.R_OK):
+        raise ConversionError(f"cannot read {path!r}: permission denied")
     safe_globals = getattr(torch.serialization, "safe_globals", None)
     try:
         if safe_globals is not None:
@@ -109,18 +112,43 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def convert(in_path: str, out_path: str, convention: str, dtype: str = "bf16", num_heads: int | None = None) -> dict:
-    """Convert `in_path` (.pt) to `out_path` (.safetensors, written atomically); return a summary dict."""
+def _refuse_existing(out_path: str, overwrite: bool) -> None:
+    if os.path.exists(out_path) and not overwrite:
+        raise ConversionError(f"{out_path} already exists; pass --overwrite to replace it, or choose "
+                              f"another output path")
+
+
+def convert(in_path: str, out_path: str, convention: str, dtype: str = "bf16",
+            num_heads: int | None = None, *, overwrite: bool = False) -> dict:
+    """Convert `in_path` (.pt) to `out_path` (.safetensors, written atomically); return a summary.
+
+    Raises ConversionError (a CheckpointError) with one line for every input it cannot convert, an
+    existing output without `overwrite`, and a `num_heads` that is not a positive divisor of the
+    hidden size.
+    """
     if convention not in CONVENTIONS:
         raise ConversionError(f"unknown convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
     if dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if num_heads is not None and not is_count(num_heads):
+        raise ConversionError(f"--num-heads must be a positive integer, got {num_heads!r}")
     if os.path.abspath(in_path) == os.path.abspath(out_path):
         raise ConversionError("the output path must differ from the input path")
+    if os.path.isdir(out_path):
+        raise ConversionError(f"{out_path} is a folder; give the output file's path, e.g. "
+                              f"{os.path.join(out_path, 'model.safetensors')}")
+    _refuse_existing(out_path, overwrite)
     state, weights = select_state_dict(load_pickled_checkpoint(in_path))
     state, dropped, renamed = clean_state_dict(state)
     shapes = {key: tuple(value.shape) for key, value in state.items()}
-    overrides = dict(CONVENTIONS[convention], **({"num_heads": num_heads} if num_heads else {}))
+    hidden = shapes.get("x_embedder.proj.weight", (None,))[0]
+    if num_heads is not None and hidden and hidden % num_heads:
+        divisors = [d for d in range(1, 33) if hidden % d == 0]
+        raise ConversionError(f"--num-heads {num_heads} does not divide the hidden size {hidden}; "
+                              f"use a divisor such as {divisors}")
+    overrides = dict(CONVENTIONS[convention])
+    if num_heads is not None:
+        overrides["num_heads"] = num_heads
     config, _ = infer_config_from_shapes(shapes, **overrides)
     audit_keys(expected_shapes(config), shapes, in_path)  # the converted file will load, or we stop here
 
@@ -145,18 +173,29 @@ def convert(in_path: str, out_path: str, convention: str, dtype: str = "bf16", n
         "twinflow_min.dropped_keys": json.dumps(dropped),
         "twinflow_min.dtype": dtype,
     }
+    try:
+        _write_atomically(tensors, metadata, out_path, overwrite)
+    except OSError as error:  # a read-only folder, a full disk, a parent that is a file
+        raise ConversionError(f"cannot write {out_path}: {error.strerror or error}") from None
+    return dict(architecture=architecture, weights=weights, tensors=len(tensors), dropped=dropped, renamed=renamed,
+                parameters=sum(v.numel() for v in tensors.values()), metadata=metadata)
+
+
+def _write_atomically(tensors: dict, metadata: dict, out_path: str, overwrite: bool) -> None:
+    """safetensors into a temporary file next to `out_path`, then os.replace: a crash never leaves a
+    half-written output, and an existing file is replaced only with `overwrite`."""
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(prefix=os.path.basename(out_path) + ".", suffix=".tmp", dir=out_dir)
+    prefix = os.path.basename(out_path) + "."
+    handle, tmp_path = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=out_dir)
     os.close(handle)
     try:
         save_file(tensors, tmp_path, metadata=metadata)
-        os.replace(tmp_path, out_path)  # atomic: a crash never leaves a half-written output
+        _refuse_existing(out_path, overwrite)  # again: another program may have written it meanwhile
+        os.replace(tmp_path, out_path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
-    return dict(architecture=architecture, weights=weights, tensors=len(tensors), dropped=dropped, renamed=renamed,
-                parameters=sum(v.numel() for v in tensors.values()), metadata=metadata)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="stored dtype (default bf16)")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="attention heads, only for widths other than the S/B/L/XL presets")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output file if it exists (refused otherwise)")
     args = parser.parse_args(argv)
     try:
-        summary = convert(args.input, args.output, args.convention, args.dtype, args.num_heads)
+        summary = convert(args.input, args.output, args.convention, args.dtype, args.num_heads,
+                          overwrite=args.overwrite)
     except CheckpointError as error:
         print(f"convert_checkpoint: error: {error}", file=sys.stderr)
         return 1

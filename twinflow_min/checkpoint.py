@@ -103,6 +103,17 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple], dict[str, st
 
 
 # ------------------------------------------------------------------------------------------- inference
+def _require_dit_layout(shapes: dict[str, tuple], where: str) -> None:
+    """Raise "not a DiT/SiT checkpoint" unless the tensors every DiT/SiT state dict holds are there."""
+    missing = [key for key in REQUIRED_KEYS if key not in shapes]
+    if not missing:
+        return
+    sample = sorted(shapes)[:6]
+    raise CheckpointError(f"{where} is not a DiT/SiT checkpoint (unknown layout: it lacks {missing}; "
+                          f"it has {len(shapes)} tensors, e.g. {sample}); twinflow-min loads "
+                          f"DiT/SiT/REPA weights and its own checkpoints")
+
+
 def infer_config_from_shapes(shapes: dict[str, tuple], **overrides) -> tuple[DiTConfig, dict]:
     """DiTConfig of a DiT/SiT/REPA state dict from its tensor shapes (+ DiTConfig overrides), and what was inferred.
 
@@ -111,11 +122,7 @@ def infer_config_from_shapes(shapes: dict[str, tuple], **overrides) -> tuple[DiT
     input_size = sqrt(pos_embed tokens) * patch, mlp_ratio = fc1 rows / hidden, num_heads from the presets by
     hidden size (shapes cannot tell; pass num_heads= for other widths).
     """
-    missing = [key for key in REQUIRED_KEYS if key not in shapes]
-    if missing:
-        sample = sorted(shapes)[:8]
-        raise CheckpointError(f"unknown layout: a DiT/SiT state dict needs {missing}; this file has {len(shapes)} "
-                              f"tensors, e.g. {sample}")
+    _require_dit_layout(shapes, "this file")
     patch_weight = shapes["x_embedder.proj.weight"]
     if len(patch_weight) != 4 or patch_weight[2] != patch_weight[3]:
         raise CheckpointError(f"unknown layout: x_embedder.proj.weight {patch_weight} is not a square patch "
@@ -253,6 +260,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype = torch.float
     shapes, dtypes, metadata = read_header(path)
     key_map, weights_used = _select_weights(shapes, metadata, weights)
     found = {model_key: shapes[file_key] for model_key, file_key in key_map.items()}
+    _require_dit_layout(found, repr(path))  # a foreign file is named as such, before its conventions
     config, source, inferred = _config_for_file(found, metadata, overrides)
     missing = audit_keys(expected_shapes(config), found, path)
 

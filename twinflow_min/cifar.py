@@ -24,6 +24,7 @@ import hashlib
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,8 @@ ARCHIVE_MD5 = {
     "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
     "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
 }
-_MD5_HINT = "re-download the file, or pass check_md5=False to skip the check (e.g. for your own re-packed copy)"
+_MD5_HINT = ("re-download the file, or skip the check with the config key data_check_md5: false "
+             "(CLI --data_check_md5 false), e.g. for your own re-packed copy")
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -192,6 +194,32 @@ def is_cifar10(path) -> bool:
     return False
 
 
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)  # cut or damaged archives
+
+
+def _read_tar_batches(location: Path, split: str, payloads: dict[str, bytes]) -> str:
+    """Fill `payloads` with the split's batch files from a tar archive; return its format.
+
+    A truncated or damaged archive raises one ValueError line.
+    """
+    try:
+        with tarfile.open(location, "r:*") as archive:
+            fmt, members = _tar_batches(archive)
+            if not fmt:
+                raise ValueError(f"{location} is an archive without {PYTHON_FOLDER}/ or "
+                                 f"{BINARY_FOLDER}/ batches; give the official "
+                                 f"cifar-10-python.tar.gz or cifar-10-binary.tar.gz")
+            for name in (PYTHON_BATCHES if fmt == "python" else BINARY_BATCHES)[split]:
+                if name not in members:
+                    raise ValueError(f"{location} has no member .../{name} "
+                                     f"(needed for split {split!r})")
+                payloads[name] = archive.extractfile(members[name]).read()
+    except ARCHIVE_ERRORS as error:
+        raise ValueError(f"{location} is a truncated or damaged archive ({type(error).__name__}: "
+                         f"{error}); download it again") from None
+    return fmt
+
+
 def load_cifar10(path, split: str = "train", *, check_md5: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 `split` ("train": 50,000 or "test": 10,000) as (uint8 (N, 3, 32, 32), int64 (N,)).
 
@@ -211,15 +239,7 @@ def load_cifar10(path, split: str = "train", *, check_md5: bool = True) -> tuple
             if found != ARCHIVE_MD5[location.name]:
                 raise ValueError(f"md5 mismatch for {location}: expected {ARCHIVE_MD5[location.name]}, "
                                  f"found {found}; {_MD5_HINT}")
-        with tarfile.open(location, "r:*") as archive:
-            fmt, members = _tar_batches(archive)
-            if not fmt:
-                raise ValueError(f"{location} is an archive without {PYTHON_FOLDER}/ or {BINARY_FOLDER}/ "
-                                 f"batches; give the official cifar-10-python.tar.gz or cifar-10-binary.tar.gz")
-            for name in (PYTHON_BATCHES if fmt == "python" else BINARY_BATCHES)[split]:
-                if name not in members:
-                    raise ValueError(f"{location} has no member .../{name} (needed for split {split!r})")
-                payloads[name] = archive.extractfile(members[name]).read()
+        fmt = _read_tar_batches(location, split, payloads)
     else:
         fmt = kind
         for name in (PYTHON_BATCHES if fmt == "python" else BINARY_BATCHES)[split]:

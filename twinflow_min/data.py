@@ -14,10 +14,14 @@ fake (twin) branch. This file only produces the data x (t = 0); it never touches
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
+import lzma
 import math
 import tarfile
+import zlib
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
@@ -240,17 +244,49 @@ def load_image_folder(path, *, max_images: int | None = None) -> tuple[np.ndarra
         keys, labels, class_names = _select([k for k in files if _is_image(k)], max_images, str(path))
         payloads = (files[key].read_bytes() for key in keys)
     elif path.is_file() and tarfile.is_tarfile(path):
-        stored: dict[tuple[str, ...], bytes] = {}  # one sequential pass (no seeks in the compressed stream)
-        with tarfile.open(path, "r|*") as archive:
-            for member in archive:
-                parts = PurePosixPath(member.name).parts
-                if member.isfile() and _is_image(parts):
-                    stored[parts] = archive.extractfile(member).read()
+        stored = _read_archive_images(path)
         keys, labels, class_names = _select(list(stored), max_images, str(path))
         payloads = (stored.pop(key) for key in keys)
     else:
         raise FileNotFoundError(f"image folder {path} is neither a folder nor a .tar/.tar.gz archive")
     return _decode_all(payloads, keys, path), labels, class_names
+
+
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)  # cut or damaged archives
+
+
+COMPRESSED_OPENERS = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
+
+
+def _open_decompressed(path: Path):
+    """A binary stream of the tar bytes of a .tar / .tar.gz / .tar.bz2 / .tar.xz file.
+
+    The compression modules raise EOFError on a cut stream, where tarfile's own stream mode stops
+    silently after the last whole member.
+    """
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    for prefix, opener in COMPRESSED_OPENERS:
+        if magic.startswith(prefix):
+            return opener(path, "rb")
+    return open(path, "rb")
+
+
+def _read_archive_images(path: Path) -> dict[tuple[str, ...], bytes]:
+    """Encoded images of a .tar / .tar.gz by member path parts, in one sequential pass (no seeks in
+    the compressed stream). A truncated or damaged archive raises one ValueError line."""
+    stored: dict[tuple[str, ...], bytes] = {}
+    try:
+        with _open_decompressed(path) as raw, tarfile.open(fileobj=raw, mode="r|") as archive:
+            for member in archive:
+                parts = PurePosixPath(member.name).parts
+                if member.isfile() and _is_image(parts):
+                    stored[parts] = archive.extractfile(member).read()
+            raw.read()  # to the end: a cut compressed stream raises EOFError here at the latest
+    except ARCHIVE_ERRORS as error:
+        raise ValueError(f"{path} is a truncated or damaged archive ({type(error).__name__}: "
+                         f"{error}); download or pack it again") from None
+    return stored
 
 
 def _decode_all(payloads, keys: list[tuple[str, ...]], where: Path) -> np.ndarray:
@@ -295,6 +331,10 @@ def load_latents(path) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{path} lacks {missing}: it has keys {sorted(arrays)}; expected 'latents' (N, C, H, W) "
                          f"and 'labels' (N,)")
     latents, labels = torch.as_tensor(arrays["latents"]), torch.as_tensor(arrays["labels"])
+    if latents.is_floating_point() and not bool(torch.isfinite(latents).all()):
+        bad = int((~torch.isfinite(latents)).flatten(1).any(1).sum()) if latents.dim() > 1 else 1
+        raise ValueError(f"{path}: {bad} latent(s) hold NaN or inf values; re-encode them (a VAE run "
+                         f"in float16 can overflow) or drop those rows")
     if latents.dim() != 4 or not latents.is_floating_point():
         raise ValueError(f"{path}: latents must be a float (N, C, H, W) array, got {latents.dtype} "
                          f"{tuple(latents.shape)}")

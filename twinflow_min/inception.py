@@ -16,11 +16,16 @@ Images only (no diffusion time here). Inputs are uint8 in [0, 255] or floats in 
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from twinflow_min.checks import CheckpointError
 
 INPUT_SIZE = 299  # Inception-v3 input resolution (pytorch-fid `InceptionV3.forward`, resize_input=True)
 FEATURE_DIM = 2048  # pool3 width: pytorch-fid BLOCK_INDEX_BY_DIM[2048] = 3 (final average pooling)
@@ -30,8 +35,12 @@ UINT8_MAX = 255.0
 RANGE_TOLERANCE = 1e-4  # float images may overshoot [-1, 1] by this much (round-off) before we refuse them
 
 
-class InceptionWeightsError(ValueError):
-    """A weight file that does not match the FID Inception-v3 layout (missing/unexpected keys, bad shapes)."""
+WORKING_FILES = ("use pytorch-fid's state dict pt_inception-2015-12-05-6726825d.pth "
+                 "(or a .safetensors copy of it)")
+
+
+class InceptionWeightsError(CheckpointError):
+    """A weight file that is not the FID Inception-v3 state dict (format, keys or shapes)."""
 
 
 def images_to_unit_range(images: Tensor) -> Tensor:
@@ -256,14 +265,36 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         raise FileNotFoundError(f"Inception weights not found at {path}; pass the path of pytorch-fid's "
                                 f"pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path), device="cpu")
-    if path.suffix in (".pth", ".pt"):
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as error:
+            raise InceptionWeightsError(f"{path} is not a readable safetensors file ({error}); "
+                                        f"{WORKING_FILES}") from None
+    if path.suffix not in (".pth", ".pt"):
+        raise InceptionWeightsError(f"unsupported weight file {path.name!r}: {WORKING_FILES}")
+    if _is_torchscript(path):
+        raise InceptionWeightsError(f"{path} is a TorchScript archive (such as torch-fidelity's or "
+                                    f"clean-fid's inception-2015-12-05.pt), not a state dict; "
+                                    f"{WORKING_FILES}")
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise InceptionWeightsError(f"{path} does not hold a plain state_dict of tensors")
-        return dict(state)
-    raise ValueError(f"unsupported weight file {path.name!r}: expected .pth/.pt or .safetensors")
+    except Exception as error:  # pickle refusals, truncated zip archives: one line, no traceback
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InceptionWeightsError(f"cannot read {path} with weights_only=True ({first_line}); "
+                                    f"{WORKING_FILES}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise InceptionWeightsError(f"{path} does not hold a plain state_dict of tensors; "
+                                    f"{WORKING_FILES}")
+    return dict(state)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip whose members include `<name>/constants.pkl` or `code/`."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
 
 
 def load_inception(path: str | Path, device: str | torch.device = "cpu") -> InceptionV3FID:

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
+from twinflow_min.checks import CheckpointError
+
 # `stabilityai/sd-vae-ft-ema` config.json: scaling_factor, block_out_channels, layers_per_block, norm_num_groups.
 SD_VAE_SCALING_FACTOR = 0.18215
 SD_VAE_BLOCK_OUT_CHANNELS = (128, 256, 512, 512)
@@ -36,7 +38,7 @@ ENCODER_PREFIXES = ("encoder.", "quant_conv.")
 DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 
-class VAECheckpointError(ValueError):
+class VAECheckpointError(CheckpointError):
     """A VAE file that cannot be read as a diffusers-layout SD-VAE decoder."""
 
 
