@@ -1,8 +1,9 @@
-"""The config door refuses what cannot work before any work starts: one line each (issues 11, 13, 14, 19).
+"""The config door refuses what cannot work before any work starts, one line each (issues 11-19).
 
-Each case goes through `resolve_config(argv)`, the function `train.py main()` calls first; a few also run
-`python train.py` to see the line a user sees. Limits are written here from the issue texts and briefs
-(64-bit integers: 2**63 - 1; micro-batch and evaluation samples at most 2**16), not read from the code.
+Each case goes through `resolve_config(argv)`, the function `train.py main()` calls first; a few
+also run `python train.py` to see the line a user sees. Limits are written here from the issue
+texts and briefs (64-bit integers: 2**63 - 1; micro-batch and evaluation samples at most 2**16),
+not read from the code.
 """
 
 import json
@@ -86,7 +87,7 @@ def pretrained(tmp_path) -> str:
     (["--lr_warmup_steps", "-1"], "from 0"),
     (["--lr_decay_steps", "0"], "none (= max_train_steps)"),
     (["--twinflow_start_step", "-1"], "from 0"),
-    (["--twinflow_start_step", "2000"], "not below max_train_steps = 2000"),  # toy preset: 2000 steps
+    (["--twinflow_start_step", "2000"], "not below max_train_steps = 2000"),  # the toy preset's
     (["--validation_nfe", "0,1"], "step counts >= 1"),
     (["--validation_nfe", "1,x"], "integer"),
     (["--label_dropout", "1"], "[0, 1)"),
@@ -211,9 +212,10 @@ def test_output_dir_and_run_name_with_resume(tmp_path):
     message = refused([*base, "--output_dir", "elsewhere"])
     assert message.startswith("output_dir = 'elsewhere' cannot be used with resume")
     assert "writes only into the run it resumes" in message
-    assert refused([*base, "--run_name", "b"]).startswith("run_name = 'b' cannot be used with resume")
+    message = refused([*base, "--run_name", "b"])
+    assert message.startswith("run_name = 'b' cannot be used with resume")
     assert refused([*base, "--out", "x"]).startswith("output_dir = 'x'")  # the alias too
-    same = accepted([*base, "--output_dir", "outputs", "--run_name", "a"])  # repeating them is harmless
+    same = accepted([*base, "--output_dir", "outputs", "--run_name", "a"])  # repeated: harmless
     assert same.resume == str(run)
 
 
@@ -222,7 +224,8 @@ def test_frozen_teacher_from_scratch_is_refused(pretrained):
     message = refused(["--ema_decay", "1"])
     assert message.startswith("ema_decay = 1.0 ") and "outputting zeros" in message
     assert "ema_decay < 1" in message and "pretrained" in message
-    # ways out: a pretrained model, flow matching first (the teacher restarts from the student), no EMA
+    # ways out: a pretrained model, flow matching first (the teacher restarts from the student),
+    # no EMA
     assert accepted(["--ema_decay", "1", "--twinflow_start_step", "100"]).ema_decay == 1.0
     assert accepted(["--ema_decay", "1", "--pretrained", pretrained, "--dataset", "toy:moons"])
     no_ema = ["--ema_decay", "1", "--use_ema", "false", "--twinflow_allow_no_ema_teacher", "true"]
@@ -239,7 +242,7 @@ def test_cfg_target_without_null_class_training_is_refused(cifar, pretrained):
     assert accepted([*cifar, "--label_dropout", "0", "--pretrained", pretrained])  # trained already
 
 
-# ---------------------------------------------------------------- issue 11 item 6: large micro-batches
+# ---------------------------------------------------------------- issue 11 item 6: micro-batches
 def test_large_recipe_micro_batches_smaller_than_the_groups():
     large = ["--twinflow_recipe", "large"]
     cfg = accepted([*large, "--batch-size", "1", "--gradient_accumulation_steps", "4"])
@@ -253,7 +256,7 @@ def test_large_recipe_micro_batches_smaller_than_the_groups():
                        "proportion")
 
 
-# ---------------------------------------------------------------- issue 14: LoRA keys, the guide's config
+# ---------------------------------------------------------------- issue 14: LoRA, the guide
 def test_lora_needs_a_pretrained_model(pretrained):
     message = refused(["--model_type", "lora"])
     assert message.startswith("model_type = 'lora' adapts a pretrained model")
@@ -288,9 +291,12 @@ def test_the_guides_config_fails_only_on_what_this_project_does_not_do(tmp_path,
     assert "this project trains class-conditional DiT/SiT models" in message
     path.write_text(json.dumps({**guide, "model_family": "sit"}))
     message = refused(["--config", str(path)])
-    assert message.startswith("pretrained_model_name_or_path = 'black-forest-labs/FLUX.1-dev' looks like")
-    assert "nothing is downloaded: convert a release with python tools/convert_checkpoint.py" in message
-    path.write_text(json.dumps({**guide, "model_family": "sit", "pretrained_model_name_or_path": pretrained}))
+    hub = "pretrained_model_name_or_path = 'black-forest-labs/FLUX.1-dev' looks like a hub name"
+    assert message.startswith(hub)
+    fix = "nothing is downloaded: convert a release with python tools/convert_checkpoint.py"
+    assert fix in message
+    local = {**guide, "model_family": "sit", "pretrained_model_name_or_path": pretrained}
+    path.write_text(json.dumps(local))
     assert accepted(["--config", str(path)]).model_type == "lora"
 
 
@@ -309,7 +315,8 @@ def test_pretrained_folder_and_foreign_file(tmp_path):
     torch_file = tmp_path / "sit-xl-2.pt"
     torch_file.write_bytes(b"")
     message = refused(["--pretrained", str(torch_file), "--image-free"])
-    assert "is not a .safetensors file; convert it with python tools/convert_checkpoint.py" in message
+    assert "is not a .safetensors file; convert it with python tools/convert_checkpoint.py" \
+        in message
 
 
 # ---------------------------------------------------------------- the line a user sees
