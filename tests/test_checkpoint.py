@@ -41,9 +41,9 @@ def tool():
     return module
 
 
-# ----------------------------------------------------------------------------- fixtures in the released layouts
+# ----------------------------------------------------------------- fixtures in the released layouts
 def sit_shapes(hidden, depth, patch, channels, tokens, classes, learn_sigma):
-    """Key -> shape of a DiT/SiT state dict, transcribed from the table in checkpoints.md."""
+    """Key -> shape of a DiT/SiT state dict, transcribed from the released DiT/SiT files."""
     shapes = {"pos_embed": (1, tokens, hidden), "x_embedder.proj.weight": (hidden, channels, patch, patch),
               "x_embedder.proj.bias": (hidden,), "t_embedder.mlp.0.weight": (hidden, 256),
               "t_embedder.mlp.0.bias": (hidden,), "t_embedder.mlp.2.weight": (hidden, hidden),
@@ -148,7 +148,7 @@ def write_source(tmp_path, convention):
     return path, {k: v for k, v in ema.items() if not k.startswith("projectors.")}
 
 
-# ----------------------------------------------------------------------------- convert + load + compare
+# ------------------------------------------------------------------------- convert + load + compare
 @pytest.mark.parametrize("convention", ["sit", "repa", "dit"])
 def test_convert_load_and_match_reference(tmp_path, tool, convention):
     source, weights = write_source(tmp_path, convention)
@@ -303,7 +303,7 @@ def test_foreign_safetensors_is_named_as_such(tmp_path):
         assert "time convention" not in str(error.value) and "\n" not in str(error.value)
 
 
-# ----------------------------------------------------------------------------- loader errors and other inputs
+# ------------------------------------------------------------------- loader errors and other inputs
 def test_loader_errors(tmp_path, tool):
     source, _ = write_source(tmp_path, "repa")
     out = tmp_path / "repa.safetensors"
@@ -394,13 +394,13 @@ def test_own_model_and_training_checkpoints(tmp_path):
         assert torch.equal(from_model.eval()(x, t, t_tgt, y), model(x, t, t_tgt, y))
 
 
-# ----------------------------------------------------------------------------- full-size layouts on meta
+# ------------------------------------------------------------------------ full-size layouts on meta
 @pytest.mark.parametrize("size,hidden,depth,heads,keys", [("S", 384, 12, 6, 132), ("B", 768, 12, 12, 132),
                                                            ("L", 1024, 24, 16, 252), ("XL", 1152, 28, 16, 292)])
 def test_full_size_layouts(size, hidden, depth, heads, keys):
     for learn_sigma in (True, False):  # SiT / DiT release (32 output rows) and REPA (16)
         shapes = sit_shapes(hidden, depth, 2, 4, 256, 1000, learn_sigma)
-        assert len(shapes) == keys  # key counts of checkpoints.md
+        assert len(shapes) == keys  # key counts of the released files
         config, inferred = infer_config_from_shapes(shapes, time_convention="ours")
         assert (config.hidden_size, config.depth, config.num_heads, config.patch_size, config.input_size,
                 config.num_classes, config.learn_sigma, config.mlp_ratio) == (hidden, depth, heads, 2, 32, 1000,

@@ -1,6 +1,6 @@
 """CIFAR-10 readers (twinflow_min/cifar.py via twinflow_min.data): python pickles, binary records, md5, safety.
 
-Fixtures are 10-image batches written in tmp_path in the exact official layouts (checkpoints.md): a dict with
+Fixtures are 10-image batches written in tmp_path in the exact official layouts (dataset page): a dict with
 b"data" uint8 (10, 3072) rows of R plane, G plane, B plane (32x32 row-major each), b"labels", b"batch_label",
 b"filenames", pickled with protocol 2; binary records <1 label byte><3072 bytes>.
 """
@@ -102,7 +102,7 @@ def test_md5_mismatch_names_file_expected_and_found(tmp_path):
 
 def test_archive_md5_checked_for_official_name(tmp_path):
     archive = _tar_folder(_write_python(tmp_path / "x"), tmp_path / "cifar-10-python.tar.gz")
-    with pytest.raises(ValueError, match="c58f30108f718f92721af3b95e74349a"):  # checkpoints.md archive md5
+    with pytest.raises(ValueError, match="c58f30108f718f92721af3b95e74349a"):  # the dataset page's archive md5
         load_cifar10(archive)
 
 

@@ -22,7 +22,7 @@ def random_spd(dim: int, rng: np.random.Generator) -> np.ndarray:
     return matrix @ matrix.T / dim + 0.1 * np.eye(dim)
 
 
-# ---------------------------------------------------------------------------------------------- energy distance
+# ---------------------------------------------------------------------------------- energy distance
 
 def test_energy_distance_identical_sets_is_exactly_zero():
     points = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -73,7 +73,7 @@ def test_energy_distance_bad_inputs():
         energy_distance(torch.tensor([[float("nan")]]), torch.zeros(1, 1))
 
 
-# --------------------------------------------------------------------------------------------- Fréchet distance
+# --------------------------------------------------------------------------------- Fréchet distance
 
 def test_frechet_diagonal_closed_form():
     # Gaussians with diagonal covariances: d^2 = |mu1 - mu2|^2 + sum_i (s1_i - s2_i)^2, s = standard deviations
@@ -124,7 +124,7 @@ def test_frechet_shape_mismatch_is_clear():
         frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
 
 
-# ------------------------------------------------------------------------------------------- feature statistics
+# ------------------------------------------------------------------------------- feature statistics
 
 class FlattenFeatures(nn.Module):
     """Feature model = the flattened pixels in float64, counting how many images it saw."""
@@ -225,7 +225,7 @@ def test_frechet_distance_from_samples_batches_and_fid_guard():
         fid_from_samples(sample_fn, stats, RandomFeatureNet(), num_samples=10)
 
 
-# ------------------------------------------------------------------------------------------------ proxy metrics
+# ------------------------------------------------------------------------------------ proxy metrics
 
 def test_random_feature_net_is_deterministic():
     images = torch.randint(0, 256, (3, 3, 32, 32), generator=torch.Generator().manual_seed(7), dtype=torch.uint8)

@@ -50,8 +50,8 @@ def tiny_inputs(model: DiT, batch: int = 3, seed: int = 1):
     return x_t, t, y
 
 
-# ------------------------------------------------------------------------------------------- layout on meta
-# checkpoints.md, SiT-XL/2 at 256 px (learn_sigma: final linear 2 * 4 * 2 * 2 = 32 outputs)
+# ----------------------------------------------------------------------------------- layout on meta
+# SiT-XL/2 at 256 px (willisma/SiT release) (learn_sigma: final linear 2 * 4 * 2 * 2 = 32 outputs)
 XL2_SHAPES = {
     "pos_embed": (1, 256, 1152), "x_embedder.proj.weight": (1152, 4, 2, 2), "x_embedder.proj.bias": (1152,),
     "t_embedder.mlp.0.weight": (1152, 256), "t_embedder.mlp.2.weight": (1152, 1152),
@@ -60,7 +60,7 @@ XL2_SHAPES = {
     "blocks.0.mlp.fc2.weight": (1152, 4608), "blocks.0.adaLN_modulation.1.weight": (6912, 1152),
     "final_layer.adaLN_modulation.1.weight": (2304, 1152), "final_layer.linear.weight": (32, 1152),
 }
-# (plain key count, parameters in millions) from checkpoints.md / DiT Table 1
+# (plain key count, parameters in millions) from the DiT/SiT releases / DiT Table 1
 PLAIN_LAYOUT = {"S": (132, 33), "B": (132, 130), "L": (252, 458), "XL": (292, 675)}
 
 
@@ -99,7 +99,7 @@ def test_every_registry_entry_builds_and_plain_layout_without_twinflow_modules()
     assert MODEL_REGISTRY["CIFAR-B/2"]["in_channels"] == 3 and MODEL_REGISTRY["CIFAR-S/2"]["num_classes"] == 10
 
 
-# ------------------------------------------------------------------------------------------- init and embeddings
+# ------------------------------------------------------------------------------ init and embeddings
 def test_initialisation_rules():
     torch.manual_seed(0)
     model = DiT(DiTConfig(**{**TINY, "hidden_size": 64}))
@@ -146,7 +146,7 @@ def test_timestep_embedding_sees_abs_time_scaled():
     torch.testing.assert_close(captured[0], expected, rtol=0, atol=1e-9)
 
 
-# ------------------------------------------------------------------------------------------- forward contract
+# --------------------------------------------------------------------------------- forward contract
 @pytest.mark.parametrize("learn_sigma", [False, True])
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_output_shapes(learn_sigma, num_classes):
@@ -305,7 +305,7 @@ def test_no_import_inside_a_function():
             assert not nested, f"import inside {node.name}"
 
 
-# ------------------------------------------------------------------------------------------- metadata
+# ----------------------------------------------------------------------------------------- metadata
 def test_metadata_round_trip(tmp_path):
     model = tiny_model(learn_sigma=True, time_scale=1000.0, time_convention="sit")
     path = tmp_path / "tiny.safetensors"
@@ -332,7 +332,7 @@ def test_metadata_errors():
         config_from_metadata({"twinflow_min.model_config": "[1, 2"})
 
 
-# ------------------------------------------------------------------------------------------- bad inputs
+# --------------------------------------------------------------------------------------- bad inputs
 def test_bad_inputs_raise_clear_errors():
     model = tiny_model()
     x_t, t, y = tiny_inputs(model)

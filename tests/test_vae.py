@@ -4,7 +4,7 @@ A tiny random decoder is saved as safetensors in both attention-key styles and c
 independent straightforward forward pass written here with functional ops on the raw state dict
 (diffusers `Decoder` semantics: GroupNorm(eps 1e-6) -> SiLU -> 3x3 conv resnets, single-head attention with
 scale 1/sqrt(C), nearest x2 upsampling). The full-size layout (140 tensors, 49,490,199 parameters, the figures
-of `stabilityai/sd-vae-ft-ema`'s decoder + post_quant_conv in /work/shared/reference/checkpoints.md) is checked
+of `stabilityai/sd-vae-ft-ema`'s decoder + post_quant_conv in the released file) is checked
 on the meta device.
 """
 
@@ -40,7 +40,7 @@ def random_state_dict(config, seed=0):
     return state
 
 
-# ----------------------------------------------------------------------------- independent reference forward
+# -------------------------------------------------------------------- independent reference forward
 def ref_resnet(sd, p, x):
     h = F.conv2d(F.silu(F.group_norm(x, GROUPS, sd[p + "norm1.weight"], sd[p + "norm1.bias"], EPS)),
                  sd[p + "conv1.weight"], sd[p + "conv1.bias"], padding=1)

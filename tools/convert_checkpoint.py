@@ -26,25 +26,44 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-if __package__ in (None, ""):  # run as `python tools/convert_checkpoint.py`: make the repository importable
+if __package__ in (
+    None,
+    "",
+):  # run as `python tools/convert_checkpoint.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twinflow_min.checkpoint import (META_ARCHITECTURE, META_PREDICTION_TYPE, META_TIME_CONVENTION,  # noqa: E402
-                                     META_TIME_SCALE, CheckpointError, architecture_name, audit_keys,
-                                     expected_shapes, infer_config_from_shapes)
+from twinflow_min.checkpoint import (
+    META_ARCHITECTURE,
+    META_PREDICTION_TYPE,
+    META_TIME_CONVENTION,  # noqa: E402
+    META_TIME_SCALE,
+    CheckpointError,
+    architecture_name,
+    audit_keys,
+    expected_shapes,
+    infer_config_from_shapes,
+)
 from twinflow_min.checks import is_count  # noqa: E402
 from twinflow_min.model import config_to_metadata  # noqa: E402
 
-# How each source family maps onto DiTConfig's time fields (checkpoints.md; SiT/REPA feed raw t, DiT the index).
+# How each source family maps onto DiTConfig's time fields (SiT/REPA feed raw t, DiT
+# the DDPM index; docs/math.md#model-inputs).
 CONVENTIONS = {
     "sit": dict(time_convention="sit", time_scale=1.0, prediction_type="flow"),
     "repa": dict(time_convention="ours", time_scale=1.0, prediction_type="flow"),
     "dit": dict(time_convention="ours", time_scale=1000.0, prediction_type="epsilon"),
 }
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-WRAPPER_KEYS = ("ema", "model")  # training-script checkpoints: EMA weights preferred (they are the released ones)
-TRAINING_ONLY_PREFIXES = ("projectors.",)  # REPA's representation-alignment heads, unused at sampling time
-FIXED_FLOAT32_KEYS = ("pos_embed",)  # fixed 2-D sin-cos table: kept exact in float32 (1.2 MB at XL/2)
+WRAPPER_KEYS = (
+    "ema",
+    "model",
+)  # training-script checkpoints: EMA weights preferred (they are the released ones)
+TRAINING_ONLY_PREFIXES = (
+    "projectors.",
+)  # REPA's representation-alignment heads, unused at sampling time
+FIXED_FLOAT32_KEYS = (
+    "pos_embed",
+)  # fixed 2-D sin-cos table: kept exact in float32 (1.2 MB at XL/2)
 HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -67,29 +86,40 @@ def load_pickled_checkpoint(path: str) -> object:
         torch.serialization.add_safe_globals([argparse.Namespace])  # torch 2.4
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle refusals, bad zip archives and truncation all land here
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConversionError(f"cannot read {path!r} as a PyTorch checkpoint with weights_only=True "
-                              f"({first_line}); pass the released .pt file, or save its state dict with "
-                              f"torch.save(checkpoint['ema'], 'weights.pt') first") from None
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise ConversionError(
+            f"cannot read {path!r} as a PyTorch checkpoint with weights_only=True "
+            f"({first_line}); pass the released .pt file, or save its state dict with "
+            f"torch.save(checkpoint['ema'], 'weights.pt') first"
+        ) from None
 
 
 def select_state_dict(checkpoint: object) -> tuple[dict, str]:
     """The weights inside a loaded checkpoint: a plain state dict, or the one under "ema" (preferred) / "model"."""
     if not isinstance(checkpoint, dict) or not checkpoint:
-        raise ConversionError(f"expected a state dict or a dict holding one, got {type(checkpoint).__name__}")
+        raise ConversionError(
+            f"expected a state dict or a dict holding one, got {type(checkpoint).__name__}"
+        )
     if all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         return dict(checkpoint), "state dict"
     for key in WRAPPER_KEYS:
         if isinstance(checkpoint.get(key), dict):
             return dict(checkpoint[key]), key
-    raise ConversionError(f"no state dict found: top-level keys are {sorted(map(str, checkpoint))[:20]}; "
-                          f"expected tensors or one of {WRAPPER_KEYS}")
+    raise ConversionError(
+        f"no state dict found: top-level keys are {sorted(map(str, checkpoint))[:20]}; "
+        f"expected tensors or one of {WRAPPER_KEYS}"
+    )
 
 
 def clean_state_dict(state: dict) -> tuple[dict, list[str], list[str]]:
     """Strip a DDP "module." prefix, rename legacy REPA `decoder_blocks.i` to `blocks.(i + encoder depth)`,
     drop training-only keys. Returns (state, dropped keys, renamed keys)."""
-    state = {(key[len("module."):] if key.startswith("module.") else key): value for key, value in state.items()}
+    state = {
+        (key[len("module.") :] if key.startswith("module.") else key): value
+        for key, value in state.items()
+    }
     non_tensors = sorted(key for key, value in state.items() if not isinstance(value, torch.Tensor))
     if non_tensors:
         raise ConversionError(f"the state dict holds non-tensor entries {non_tensors[:10]}")
@@ -97,7 +127,9 @@ def clean_state_dict(state: dict) -> tuple[dict, list[str], list[str]]:
     state = {key: value for key, value in state.items() if key not in dropped}
     renamed = sorted(key for key in state if key.startswith("decoder_blocks."))
     if renamed:  # REPA utils.load_legacy_checkpoints: decoder block i follows the encoder blocks
-        encoder_depth = 1 + max((int(key.split(".")[1]) for key in state if key.startswith("blocks.")), default=-1)
+        encoder_depth = 1 + max(
+            (int(key.split(".")[1]) for key in state if key.startswith("blocks.")), default=-1
+        )
         for key in renamed:
             _, index, rest = key.split(".", 2)
             state[f"blocks.{int(index) + encoder_depth}.{rest}"] = state.pop(key)
@@ -114,12 +146,21 @@ def sha256_of(path: str) -> str:
 
 def _refuse_existing(out_path: str, overwrite: bool) -> None:
     if os.path.exists(out_path) and not overwrite:
-        raise ConversionError(f"{out_path} already exists; pass --overwrite to replace it, or choose "
-                              f"another output path")
+        raise ConversionError(
+            f"{out_path} already exists; pass --overwrite to replace it, or choose "
+            f"another output path"
+        )
 
 
-def convert(in_path: str, out_path: str, convention: str, dtype: str = "bf16",
-            num_heads: int | None = None, *, overwrite: bool = False) -> dict:
+def convert(
+    in_path: str,
+    out_path: str,
+    convention: str,
+    dtype: str = "bf16",
+    num_heads: int | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict:
     """Convert `in_path` (.pt) to `out_path` (.safetensors, written atomically); return a summary.
 
     Raises ConversionError (a CheckpointError) with one line for every input it cannot convert, an
@@ -127,7 +168,9 @@ def convert(in_path: str, out_path: str, convention: str, dtype: str = "bf16",
     hidden size.
     """
     if convention not in CONVENTIONS:
-        raise ConversionError(f"unknown convention {convention!r}; choose one of {sorted(CONVENTIONS)}")
+        raise ConversionError(
+            f"unknown convention {convention!r}; choose one of {sorted(CONVENTIONS)}"
+        )
     if dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     if num_heads is not None and not is_count(num_heads):
@@ -135,8 +178,10 @@ def convert(in_path: str, out_path: str, convention: str, dtype: str = "bf16",
     if os.path.abspath(in_path) == os.path.abspath(out_path):
         raise ConversionError("the output path must differ from the input path")
     if os.path.isdir(out_path):
-        raise ConversionError(f"{out_path} is a folder; give the output file's path, e.g. "
-                              f"{os.path.join(out_path, 'model.safetensors')}")
+        raise ConversionError(
+            f"{out_path} is a folder; give the output file's path, e.g. "
+            f"{os.path.join(out_path, 'model.safetensors')}"
+        )
     _refuse_existing(out_path, overwrite)
     state, weights = select_state_dict(load_pickled_checkpoint(in_path))
     state, dropped, renamed = clean_state_dict(state)
@@ -144,13 +189,17 @@ def convert(in_path: str, out_path: str, convention: str, dtype: str = "bf16",
     hidden = shapes.get("x_embedder.proj.weight", (None,))[0]
     if num_heads is not None and hidden and hidden % num_heads:
         divisors = [d for d in range(1, 33) if hidden % d == 0]
-        raise ConversionError(f"--num-heads {num_heads} does not divide the hidden size {hidden}; "
-                              f"use a divisor such as {divisors}")
+        raise ConversionError(
+            f"--num-heads {num_heads} does not divide the hidden size {hidden}; "
+            f"use a divisor such as {divisors}"
+        )
     overrides = dict(CONVENTIONS[convention])
     if num_heads is not None:
         overrides["num_heads"] = num_heads
     config, _ = infer_config_from_shapes(shapes, **overrides)
-    audit_keys(expected_shapes(config), shapes, in_path)  # the converted file will load, or we stop here
+    audit_keys(
+        expected_shapes(config), shapes, in_path
+    )  # the converted file will load, or we stop here
 
     tensors = {}
     for key, value in state.items():
@@ -177,8 +226,15 @@ def convert(in_path: str, out_path: str, convention: str, dtype: str = "bf16",
         _write_atomically(tensors, metadata, out_path, overwrite)
     except OSError as error:  # a read-only folder, a full disk, a parent that is a file
         raise ConversionError(f"cannot write {out_path}: {error.strerror or error}") from None
-    return dict(architecture=architecture, weights=weights, tensors=len(tensors), dropped=dropped, renamed=renamed,
-                parameters=sum(v.numel() for v in tensors.values()), metadata=metadata)
+    return dict(
+        architecture=architecture,
+        weights=weights,
+        tensors=len(tensors),
+        dropped=dropped,
+        renamed=renamed,
+        parameters=sum(v.numel() for v in tensors.values()),
+        metadata=metadata,
+    )
 
 
 def _write_atomically(tensors: dict, metadata: dict, out_path: str, overwrite: bool) -> None:
@@ -191,7 +247,9 @@ def _write_atomically(tensors: dict, metadata: dict, out_path: str, overwrite: b
     os.close(handle)
     try:
         save_file(tensors, tmp_path, metadata=metadata)
-        _refuse_existing(out_path, overwrite)  # again: another program may have written it meanwhile
+        _refuse_existing(
+            out_path, overwrite
+        )  # again: another program may have written it meanwhile
         os.replace(tmp_path, out_path)
     finally:
         if os.path.exists(tmp_path):
@@ -200,26 +258,51 @@ def _write_atomically(tensors: dict, metadata: dict, out_path: str, overwrite: b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", help="released .pt checkpoint (plain state dict or a dict with 'ema'/'model')")
+    parser.add_argument(
+        "input", help="released .pt checkpoint (plain state dict or a dict with 'ema'/'model')"
+    )
     parser.add_argument("output", help="output .safetensors path")
-    parser.add_argument("--convention", required=True, choices=sorted(CONVENTIONS),
-                        help="sit: willisma/SiT; repa: sihyun-yu/REPA; dit: facebookresearch/DiT (epsilon)")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="stored dtype (default bf16)")
-    parser.add_argument("--num-heads", type=int, default=None,
-                        help="attention heads, only for widths other than the S/B/L/XL presets")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the output file if it exists (refused otherwise)")
+    parser.add_argument(
+        "--convention",
+        required=True,
+        choices=sorted(CONVENTIONS),
+        help="sit: willisma/SiT; repa: sihyun-yu/REPA; dit: facebookresearch/DiT (epsilon)",
+    )
+    parser.add_argument(
+        "--dtype", default="bf16", choices=sorted(DTYPES), help="stored dtype (default bf16)"
+    )
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="attention heads, only for widths other than the S/B/L/XL presets",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output file if it exists (refused otherwise)",
+    )
     args = parser.parse_args(argv)
     try:
-        summary = convert(args.input, args.output, args.convention, args.dtype, args.num_heads,
-                          overwrite=args.overwrite)
+        summary = convert(
+            args.input,
+            args.output,
+            args.convention,
+            args.dtype,
+            args.num_heads,
+            overwrite=args.overwrite,
+        )
     except CheckpointError as error:
         print(f"convert_checkpoint: error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}: {summary['architecture']}, {summary['tensors']} tensors, "
-          f"{summary['parameters']:,} parameters, {args.dtype}, weights from {summary['weights']!r}")
+    print(
+        f"wrote {args.output}: {summary['architecture']}, {summary['tensors']} tensors, "
+        f"{summary['parameters']:,} parameters, {args.dtype}, weights from {summary['weights']!r}"
+    )
     if summary["dropped"]:
-        print(f"dropped {len(summary['dropped'])} training-only tensors: {', '.join(summary['dropped'])}")
+        print(
+            f"dropped {len(summary['dropped'])} training-only tensors: {', '.join(summary['dropped'])}"
+        )
     if summary["renamed"]:
         print(f"renamed {len(summary['renamed'])} legacy REPA decoder_blocks tensors to blocks.*")
     return 0

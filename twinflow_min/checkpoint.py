@@ -28,14 +28,32 @@ import torch
 from safetensors import safe_open
 
 from twinflow_min.checks import CheckpointError
-from twinflow_min.model import (BACKBONE_SIZES, METADATA_KEY, DiT, DiTConfig, config_from_metadata,
-                                model_from_config)
+from twinflow_min.model import (
+    BACKBONE_SIZES,
+    METADATA_KEY,
+    DiT,
+    DiTConfig,
+    config_from_metadata,
+    model_from_config,
+)
 from twinflow_min.train_state import FORMAT_KEY, FORMAT_VERSION
 
-TWINFLOW_PREFIXES = ("t_tgt_embedder.", "t_sign_embedder.")  # new in TwinFlow: allowed to be missing
-HEADER_LENGTH_BYTES = 8  # safetensors: little-endian u64 header size, JSON header, then the tensor data
-HEADS_BY_HIDDEN = {hidden: heads for hidden, _, heads in BACKBONE_SIZES.values()}  # DiT Table 1 / SiT presets
-REQUIRED_KEYS = ("x_embedder.proj.weight", "t_embedder.mlp.0.weight", "final_layer.linear.weight", "pos_embed")
+TWINFLOW_PREFIXES = (
+    "t_tgt_embedder.",
+    "t_sign_embedder.",
+)  # new in TwinFlow: allowed to be missing
+HEADER_LENGTH_BYTES = (
+    8  # safetensors: little-endian u64 header size, JSON header, then the tensor data
+)
+HEADS_BY_HIDDEN = {
+    hidden: heads for hidden, _, heads in BACKBONE_SIZES.values()
+}  # DiT Table 1 / SiT presets
+REQUIRED_KEYS = (
+    "x_embedder.proj.weight",
+    "t_embedder.mlp.0.weight",
+    "final_layer.linear.weight",
+    "pos_embed",
+)
 # Metadata written by tools/convert_checkpoint.py next to the model config.
 META_TIME_CONVENTION = "twinflow_min.time_convention"
 META_PREDICTION_TYPE = "twinflow_min.prediction_type"
@@ -59,10 +77,12 @@ class LoadInfo:
     inferred: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return (f"{self.architecture} from {os.path.basename(self.path)} ({self.source}, {self.weights}): "
-                f"{self.loaded} tensors loaded ({'/'.join(self.file_dtypes)} -> {self.dtype}), "
-                f"{len(self.missing)} TwinFlow tensors at init, time convention {self.config.time_convention}, "
-                f"prediction {self.config.prediction_type}")
+        return (
+            f"{self.architecture} from {os.path.basename(self.path)} ({self.source}, {self.weights}): "
+            f"{self.loaded} tensors loaded ({'/'.join(self.file_dtypes)} -> {self.dtype}), "
+            f"{len(self.missing)} TwinFlow tensors at init, time convention {self.config.time_convention}, "
+            f"prediction {self.config.prediction_type}"
+        )
 
 
 # ------------------------------------------------------------------------------------------- header
@@ -81,18 +101,33 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple], dict[str, st
         header = json.loads(raw)
     except ValueError:
         header = None
-    entries = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
-    if entries is None or not all(isinstance(v, dict) and {"shape", "dtype", "data_offsets"} <= set(v)
-                                  for v in entries.values()):
-        hint = " (a pickled .pt file: run tools/convert_checkpoint.py first)" if path.endswith((".pt", ".pth",
-                                                                                              ".ckpt", ".bin")) else ""
-        raise CheckpointError(f"{path!r} is not a safetensors file (or its header is cut short){hint}")
+    entries = (
+        {k: v for k, v in header.items() if k != "__metadata__"}
+        if isinstance(header, dict)
+        else None
+    )
+    if entries is None or not all(
+        isinstance(v, dict) and {"shape", "dtype", "data_offsets"} <= set(v)
+        for v in entries.values()
+    ):
+        hint = (
+            " (a pickled .pt file: run tools/convert_checkpoint.py first)"
+            if path.endswith((".pt", ".pth", ".ckpt", ".bin"))
+            else ""
+        )
+        raise CheckpointError(
+            f"{path!r} is not a safetensors file (or its header is cut short){hint}"
+        )
     data_bytes = max((entry["data_offsets"][1] for entry in entries.values()), default=0)
     if size < HEADER_LENGTH_BYTES + header_length + data_bytes:
-        raise CheckpointError(f"{path!r} is truncated: its header promises {data_bytes} bytes of tensor data but "
-                              f"only {size - HEADER_LENGTH_BYTES - header_length} are there; re-download or re-convert")
+        raise CheckpointError(
+            f"{path!r} is truncated: its header promises {data_bytes} bytes of tensor data but "
+            f"only {size - HEADER_LENGTH_BYTES - header_length} are there; re-download or re-convert"
+        )
     try:
-        with safe_open(path, framework="pt") as handle:  # the library's own header validation; no tensor is read
+        with safe_open(
+            path, framework="pt"
+        ) as handle:  # the library's own header validation; no tensor is read
             metadata = handle.metadata() or {}
             slices = {key: handle.get_slice(key) for key in handle.keys()}
             shapes = {key: tuple(piece.get_shape()) for key, piece in slices.items()}
@@ -102,16 +137,18 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple], dict[str, st
     return shapes, dtypes, metadata
 
 
-# ------------------------------------------------------------------------------------------- inference
+# ---------------------------------------------------------------------------------------- inference
 def _require_dit_layout(shapes: dict[str, tuple], where: str) -> None:
     """Raise "not a DiT/SiT checkpoint" unless the tensors every DiT/SiT state dict holds are there."""
     missing = [key for key in REQUIRED_KEYS if key not in shapes]
     if not missing:
         return
     sample = sorted(shapes)[:6]
-    raise CheckpointError(f"{where} is not a DiT/SiT checkpoint (unknown layout: it lacks {missing}; "
-                          f"it has {len(shapes)} tensors, e.g. {sample}); twinflow-min loads "
-                          f"DiT/SiT/REPA weights and its own checkpoints")
+    raise CheckpointError(
+        f"{where} is not a DiT/SiT checkpoint (unknown layout: it lacks {missing}; "
+        f"it has {len(shapes)} tensors, e.g. {sample}); twinflow-min loads "
+        f"DiT/SiT/REPA weights and its own checkpoints"
+    )
 
 
 def infer_config_from_shapes(shapes: dict[str, tuple], **overrides) -> tuple[DiTConfig, dict]:
@@ -125,29 +162,43 @@ def infer_config_from_shapes(shapes: dict[str, tuple], **overrides) -> tuple[DiT
     _require_dit_layout(shapes, "this file")
     patch_weight = shapes["x_embedder.proj.weight"]
     if len(patch_weight) != 4 or patch_weight[2] != patch_weight[3]:
-        raise CheckpointError(f"unknown layout: x_embedder.proj.weight {patch_weight} is not a square patch "
-                              f"convolution (vector-data models need the twinflow-min config metadata)")
+        raise CheckpointError(
+            f"unknown layout: x_embedder.proj.weight {patch_weight} is not a square patch "
+            f"convolution (vector-data models need the twinflow-min config metadata)"
+        )
     hidden, in_channels, patch = patch_weight[0], patch_weight[1], patch_weight[2]
     block_indices = {int(m.group(1)) for key in shapes if (m := re.match(r"blocks\.(\d+)\.", key))}
     if not block_indices or block_indices != set(range(max(block_indices) + 1)):
-        raise CheckpointError(f"unknown layout: transformer blocks {sorted(block_indices)} are not 0..N-1")
+        raise CheckpointError(
+            f"unknown layout: transformer blocks {sorted(block_indices)} are not 0..N-1"
+        )
     tokens = shapes["pos_embed"][1]
-    grid = round(tokens ** 0.5)
+    grid = round(tokens**0.5)
     if grid * grid != tokens:
         raise CheckpointError(f"pos_embed has {tokens} tokens, not a square grid")
     out_features = shapes["final_layer.linear.weight"][0]
     if out_features not in (patch * patch * in_channels, 2 * patch * patch * in_channels):
-        raise CheckpointError(f"final_layer.linear.weight has {out_features} rows; expected {patch}^2 x "
-                              f"{in_channels} (or twice that with learn_sigma)")
+        raise CheckpointError(
+            f"final_layer.linear.weight has {out_features} rows; expected {patch}^2 x "
+            f"{in_channels} (or twice that with learn_sigma)"
+        )
     table = shapes.get("y_embedder.embedding_table.weight")
-    inferred = dict(hidden_size=hidden, patch_size=patch, in_channels=in_channels, depth=max(block_indices) + 1,
-                    num_classes=table[0] - 1 if table else 0, input_size=grid * patch,
-                    learn_sigma=out_features == 2 * patch * patch * in_channels,
-                    mlp_ratio=shapes.get("blocks.0.mlp.fc1.weight", (4 * hidden,))[0] / hidden)
+    inferred = dict(
+        hidden_size=hidden,
+        patch_size=patch,
+        in_channels=in_channels,
+        depth=max(block_indices) + 1,
+        num_classes=table[0] - 1 if table else 0,
+        input_size=grid * patch,
+        learn_sigma=out_features == 2 * patch * patch * in_channels,
+        mlp_ratio=shapes.get("blocks.0.mlp.fc1.weight", (4 * hidden,))[0] / hidden,
+    )
     if "num_heads" not in overrides:
         if hidden not in HEADS_BY_HIDDEN:
-            raise CheckpointError(f"cannot tell the number of attention heads for hidden size {hidden} (presets: "
-                                  f"{HEADS_BY_HIDDEN}); pass num_heads= (convert_checkpoint.py: --num-heads)")
+            raise CheckpointError(
+                f"cannot tell the number of attention heads for hidden size {hidden} (presets: "
+                f"{HEADS_BY_HIDDEN}); pass num_heads= (convert_checkpoint.py: --num-heads)"
+            )
         inferred["num_heads"] = HEADS_BY_HIDDEN[hidden]
     return _make_config({**inferred, **overrides}), inferred
 
@@ -156,7 +207,9 @@ def _make_config(fields: dict) -> DiTConfig:
     known = {f.name for f in dataclasses.fields(DiTConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise CheckpointError(f"unknown DiTConfig field(s) {unknown}; known fields: {sorted(known)}")
+        raise CheckpointError(
+            f"unknown DiTConfig field(s) {unknown}; known fields: {sorted(known)}"
+        )
     try:
         return DiTConfig(**fields)
     except (TypeError, ValueError) as error:
@@ -166,7 +219,9 @@ def _make_config(fields: dict) -> DiTConfig:
 def expected_shapes(config: DiTConfig) -> dict[str, tuple]:
     """State-dict shapes of our DiT for `config`, built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
-        return {key: tuple(value.shape) for key, value in model_from_config(config).state_dict().items()}
+        return {
+            key: tuple(value.shape) for key, value in model_from_config(config).state_dict().items()
+        }
 
 
 def audit_keys(expected: dict[str, tuple], found: dict[str, tuple], path: str) -> list[str]:
@@ -175,45 +230,59 @@ def audit_keys(expected: dict[str, tuple], found: dict[str, tuple], path: str) -
     missing = sorted(set(expected) - set(found))
     missing_required = [key for key in missing if not key.startswith(TWINFLOW_PREFIXES)]
     unexpected = sorted(set(found) - set(expected))
-    mismatched = [f"{key}: expected {expected[key]}, found {found[key]}"
-                  for key in sorted(set(expected) & set(found)) if tuple(found[key]) != expected[key]]
+    mismatched = [
+        f"{key}: expected {expected[key]}, found {found[key]}"
+        for key in sorted(set(expected) & set(found))
+        if tuple(found[key]) != expected[key]
+    ]
     problems = []
     if mismatched:
         problems.append(f"shape mismatch: {'; '.join(mismatched)}")
     if missing_required:
         problems.append(f"missing keys: {missing_required}")
     if unexpected:
-        hint = (" (training-only REPA projectors: convert the .pt with tools/convert_checkpoint.py)"
-                if any(key.startswith("projectors.") for key in unexpected) else "")
+        hint = (
+            " (training-only REPA projectors: convert the .pt with tools/convert_checkpoint.py)"
+            if any(key.startswith("projectors.") for key in unexpected)
+            else ""
+        )
         problems.append(f"unexpected keys{hint}: {unexpected}")
     if problems:
         raise CheckpointError(f"{path!r} does not match the model: " + " | ".join(problems))
     return missing
 
 
-# ------------------------------------------------------------------------------------------- loading
-def _select_weights(shapes: dict[str, tuple], metadata: dict, weights: str) -> tuple[dict[str, str], str]:
+# ------------------------------------------------------------------------------------------ loading
+def _select_weights(
+    shapes: dict[str, tuple], metadata: dict, weights: str
+) -> tuple[dict[str, str], str]:
     """Map model key -> file key. Training checkpoints hold "model.*" and "ema.<group>.*": pick one."""
     if metadata.get(FORMAT_KEY) != FORMAT_VERSION:
         if weights != "auto":
-            raise CheckpointError(f"weights={weights!r} applies to twinflow-min training checkpoints only; this file "
-                                  f"holds a single state dict (use weights='auto')")
+            raise CheckpointError(
+                f"weights={weights!r} applies to twinflow-min training checkpoints only; this file "
+                f"holds a single state dict (use weights='auto')"
+            )
         return {key: key for key in shapes}, "state dict"
-    model_keys = {key[len("model."):]: key for key in shapes if key.startswith("model.")}
+    model_keys = {key[len("model.") :]: key for key in shapes if key.startswith("model.")}
     ema_groups: dict[str, dict[str, str]] = {}
     for key in shapes:
         if key.startswith("ema.") and key.count(".") >= 2:
-            group, rest = key[len("ema."):].split(".", 1)
+            group, rest = key[len("ema.") :].split(".", 1)
             ema_groups.setdefault(group, {})[rest] = key
     ema_keys = next((keys for keys in ema_groups.values() if set(keys) == set(model_keys)), None)
     choice = ("ema" if ema_keys else "model") if weights == "auto" else weights
     if choice not in ("model", "ema") or (choice == "ema" and ema_keys is None):
-        raise CheckpointError(f"weights={weights!r}: this training checkpoint offers "
-                              f"{['model'] + (['ema'] if ema_keys else [])}")
+        raise CheckpointError(
+            f"weights={weights!r}: this training checkpoint offers "
+            f"{['model'] + (['ema'] if ema_keys else [])}"
+        )
     return (ema_keys if choice == "ema" else model_keys), choice
 
 
-def _config_for_file(shapes: dict[str, tuple], metadata: dict, overrides: dict) -> tuple[DiTConfig, str, dict]:
+def _config_for_file(
+    shapes: dict[str, tuple], metadata: dict, overrides: dict
+) -> tuple[DiTConfig, str, dict]:
     """The model config: from twinflow-min metadata when present, else inferred from the shapes."""
     if METADATA_KEY in metadata:
         try:
@@ -221,14 +290,21 @@ def _config_for_file(shapes: dict[str, tuple], metadata: dict, overrides: dict) 
         except ValueError as error:
             raise CheckpointError(str(error)) from None
         return _make_config({**base, **overrides}), "twinflow-min config", {}
-    time_fields = {"time_convention": metadata.get(META_TIME_CONVENTION),
-                   "prediction_type": metadata.get(META_PREDICTION_TYPE),
-                   "time_scale": float(metadata[META_TIME_SCALE]) if META_TIME_SCALE in metadata else None}
+    time_fields = {
+        "time_convention": metadata.get(META_TIME_CONVENTION),
+        "prediction_type": metadata.get(META_PREDICTION_TYPE),
+        "time_scale": float(metadata[META_TIME_SCALE]) if META_TIME_SCALE in metadata else None,
+    }
     time_fields = {k: v for k, v in time_fields.items() if v is not None}
-    if "time_convention" not in {**time_fields, **overrides} and "prediction_type" not in {**time_fields, **overrides}:
-        raise CheckpointError("the file does not say its time convention: convert the original .pt with "
-                              "tools/convert_checkpoint.py --convention sit|repa|dit, or pass time_convention='sit' "
-                              "(willisma/SiT) / 'ours' (REPA) or prediction_type='epsilon' (DiT)")
+    if "time_convention" not in {**time_fields, **overrides} and "prediction_type" not in {
+        **time_fields,
+        **overrides,
+    }:
+        raise CheckpointError(
+            "the file does not say its time convention: convert the original .pt with "
+            "tools/convert_checkpoint.py --convention sit|repa|dit, or pass time_convention='sit' "
+            "(willisma/SiT) / 'ours' (REPA) or prediction_type='epsilon' (DiT)"
+        )
     config, inferred = infer_config_from_shapes(shapes, **{**time_fields, **overrides})
     return config, "inferred from shapes", inferred
 
@@ -239,12 +315,20 @@ def architecture_name(config: DiTConfig) -> str:
     for size, (hidden, depth, _) in BACKBONE_SIZES.items():
         if (config.hidden_size, config.depth) == (hidden, depth):
             return f"{family}-{size}/{config.patch_size}"
-    return f"{family} (hidden {config.hidden_size}, depth {config.depth}, patch {config.patch_size})"
+    return (
+        f"{family} (hidden {config.hidden_size}, depth {config.depth}, patch {config.patch_size})"
+    )
 
 
-def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu", weights: str = "auto", init_seed: int = 0,
-                    **overrides) -> tuple[DiT, LoadInfo]:
+def load_pretrained(
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    weights: str = "auto",
+    init_seed: int = 0,
+    **overrides,
+) -> tuple[DiT, LoadInfo]:
     """Build our DiT for a safetensors file and load its weights with a full audit: (model, info).
 
     Reads converted DiT/SiT/REPA files (tools/convert_checkpoint.py), plain DiT/SiT state dicts saved as
@@ -256,11 +340,15 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype = torch.float
     """
     path = os.fspath(path)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise CheckpointError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+        raise CheckpointError(
+            f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}"
+        )
     shapes, dtypes, metadata = read_header(path)
     key_map, weights_used = _select_weights(shapes, metadata, weights)
     found = {model_key: shapes[file_key] for model_key, file_key in key_map.items()}
-    _require_dit_layout(found, repr(path))  # a foreign file is named as such, before its conventions
+    _require_dit_layout(
+        found, repr(path)
+    )  # a foreign file is named as such, before its conventions
     config, source, inferred = _config_for_file(found, metadata, overrides)
     missing = audit_keys(expected_shapes(config), found, path)
 
@@ -272,11 +360,21 @@ def load_pretrained(path: str | os.PathLike, *, dtype: torch.dtype = torch.float
         for model_key, file_key in key_map.items():
             state[model_key] = handle.get_tensor(file_key).to(dtype)
     result = model.to(dtype).load_state_dict(state, strict=False)
-    if result.unexpected_keys or sorted(result.missing_keys) != missing:  # audit_keys already guarantees this
+    if (
+        result.unexpected_keys or sorted(result.missing_keys) != missing
+    ):  # audit_keys already guarantees this
         raise CheckpointError(f"internal audit mismatch: {result}")
     model.to(device)
-    info = LoadInfo(path=path, architecture=metadata.get(META_ARCHITECTURE, architecture_name(config)),
-                    config=config, source=source, weights=weights_used,
-                    file_dtypes=sorted({dtypes[k] for k in key_map.values()}),
-                    dtype=str(dtype).replace("torch.", ""), loaded=len(state), missing=missing, inferred=inferred)
+    info = LoadInfo(
+        path=path,
+        architecture=metadata.get(META_ARCHITECTURE, architecture_name(config)),
+        config=config,
+        source=source,
+        weights=weights_used,
+        file_dtypes=sorted({dtypes[k] for k in key_map.values()}),
+        dtype=str(dtype).replace("torch.", ""),
+        loaded=len(state),
+        missing=missing,
+        inferred=inferred,
+    )
     return model, info

@@ -33,9 +33,21 @@ from torch import Tensor
 
 from twinflow_min.cifar import CIFAR10_CLASSES, UnsafePickleError, is_cifar10, load_cifar10
 
-__all__ = ["TOY_DATASETS", "sample_toy", "toy_mode_centres", "toy_mode_std", "CIFAR10_CLASSES",
-           "UnsafePickleError", "load_cifar10", "load_image_folder", "load_latents", "load_dataset",
-           "ImageBatches", "images_to_uint8", "uint8_to_images"]
+__all__ = [
+    "TOY_DATASETS",
+    "sample_toy",
+    "toy_mode_centres",
+    "toy_mode_std",
+    "CIFAR10_CLASSES",
+    "UnsafePickleError",
+    "load_cifar10",
+    "load_image_folder",
+    "load_latents",
+    "load_dataset",
+    "ImageBatches",
+    "images_to_uint8",
+    "uint8_to_images",
+]
 
 # ==================== Toy 2-D distributions (issue #3) ============================================
 
@@ -61,25 +73,42 @@ def _toy_moments() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]
     swiss_square = (c * c + c * b + b * b) / 3  # E[theta^2], theta ~ U[b, c]
     return {
         # theta ~ U[0, pi]; half (cos, sin), half (1 - cos, 1/2 - sin): E = (1/2, 1/4), Var = (3/4, 9/16 - 1/pi)
-        "moons": ((0.5, 0.25), (math.sqrt(0.75 + MOONS_NOISE ** 2), math.sqrt(0.5625 - 1 / pi + MOONS_NOISE ** 2))),
+        "moons": (
+            (0.5, 0.25),
+            (math.sqrt(0.75 + MOONS_NOISE**2), math.sqrt(0.5625 - 1 / pi + MOONS_NOISE**2)),
+        ),
         # uniform angle on two circles: E[x^2] = (r1^2 + r2^2) / 4
-        "circles": ((0.0, 0.0), (math.sqrt(sum(r * r for r in CIRCLES_RADII) / 4 + CIRCLES_NOISE ** 2),) * 2),
+        "circles": (
+            (0.0, 0.0),
+            (math.sqrt(sum(r * r for r in CIRCLES_RADII) / 4 + CIRCLES_NOISE**2),) * 2,
+        ),
         # 8 equally spaced centres: mean of cos^2 over them is exactly 1/2
-        "8gaussians": ((0.0, 0.0), (math.sqrt(GAUSSIANS_RADIUS ** 2 / 2 + GAUSSIANS_STD ** 2),) * 2),
+        "8gaussians": ((0.0, 0.0), (math.sqrt(GAUSSIANS_RADIUS**2 / 2 + GAUSSIANS_STD**2),) * 2),
         # both marginals are uniform on [-w, w]: Var = w^2 / 3
         "checkerboard": ((0.0, 0.0), (CHECKERBOARD_HALF_WIDTH / math.sqrt(3),) * 2),
         # theta = a sqrt(u) (density 2 theta / a^2), int_0^a theta^3 cos(2 theta) = 3 a^2 / 4 as 2a = 6 pi:
         # E[theta^2 cos^2] = a^2/4 + 3/4, E[theta^2 sin^2] = a^2/4 - 3/4
-        "spirals": ((0.0, 0.0), (math.sqrt(a * a / 4 + 0.75 + SPIRAL_NOISE ** 2),
-                                 math.sqrt(a * a / 4 - 0.75 + SPIRAL_NOISE ** 2))),
+        "spirals": (
+            (0.0, 0.0),
+            (
+                math.sqrt(a * a / 4 + 0.75 + SPIRAL_NOISE**2),
+                math.sqrt(a * a / 4 - 0.75 + SPIRAL_NOISE**2),
+            ),
+        ),
         # theta ~ U[3pi/2, 9pi/2]: E[theta cos] = 2, E[theta sin] = 2 / (3 pi),
         # E[theta^2 cos^2] = E[theta^2] / 2 - 1/4 and E[theta^2 sin^2] = E[theta^2] / 2 + 1/4
-        "swissroll": ((2.0, 2 / (3 * pi)),
-                      (math.sqrt(swiss_square / 2 - 0.25 - 2.0 ** 2 + SWISSROLL_NOISE ** 2),
-                       math.sqrt(swiss_square / 2 + 0.25 - (2 / (3 * pi)) ** 2 + SWISSROLL_NOISE ** 2))),
+        "swissroll": (
+            (2.0, 2 / (3 * pi)),
+            (
+                math.sqrt(swiss_square / 2 - 0.25 - 2.0**2 + SWISSROLL_NOISE**2),
+                math.sqrt(swiss_square / 2 + 0.25 - (2 / (3 * pi)) ** 2 + SWISSROLL_NOISE**2),
+            ),
+        ),
         # centre coordinate uniform on spacing * {-(m-1)/2, ..., (m-1)/2}: Var = spacing^2 (m^2 - 1) / 12
-        "grid25": ((0.0, 0.0),
-                   (math.sqrt(GRID_SPACING ** 2 * (GRID_SIDE ** 2 - 1) / 12 + GRID_STD ** 2),) * 2),
+        "grid25": (
+            (0.0, 0.0),
+            (math.sqrt(GRID_SPACING**2 * (GRID_SIDE**2 - 1) / 12 + GRID_STD**2),) * 2,
+        ),
     }
 
 
@@ -88,6 +117,7 @@ TOY_MOMENTS = _toy_moments()  # the fixed affine map of every call: (raw - mean)
 
 def _raw_toy(name: str, n: int, generator: torch.Generator) -> Tensor:
     """n raw float64 points (n, 2) of `name`, every random number drawn from `generator`."""
+
     def uniform() -> Tensor:
         return torch.rand(n, generator=generator, dtype=torch.float64)  # (n,)
 
@@ -104,22 +134,30 @@ def _raw_toy(name: str, n: int, generator: torch.Generator) -> Tensor:
         theta = 2 * math.pi * uniform()  # (n,)
         return radius[:, None] * torch.stack([theta.cos(), theta.sin()], 1) + noise(CIRCLES_NOISE)
     if name == "8gaussians":  # centres R (cos, sin)(2 pi k / 8)
-        theta = torch.randint(GAUSSIANS_MODES, (n,), generator=generator).double() * (2 * math.pi / GAUSSIANS_MODES)
+        theta = torch.randint(GAUSSIANS_MODES, (n,), generator=generator).double() * (
+            2 * math.pi / GAUSSIANS_MODES
+        )
         return GAUSSIANS_RADIUS * torch.stack([theta.cos(), theta.sin()], 1) + noise(GAUSSIANS_STD)
     if name == "checkerboard":  # 4 x 4 unit squares, uniform on those with floor(x) + floor(y) even
         x = CHECKERBOARD_HALF_WIDTH * (2 * uniform() - 1)  # (n,)
-        pair = torch.randint(2, (n,), generator=generator).double()  # which of the column's 2 black squares
+        pair = torch.randint(
+            2, (n,), generator=generator
+        ).double()  # which of the column's 2 black squares
         row = 2 * pair - CHECKERBOARD_HALF_WIDTH + torch.remainder(torch.floor(x), 2)  # (n,)
         return torch.stack([x, row + uniform()], 1)
     if name == "spirals":  # two arms r = theta, the second rotated by pi (FFJORD "2spirals")
         theta = SPIRAL_MAX_ANGLE * uniform().sqrt()  # (n,)
         arm = torch.where(uniform() < 0.5, 1.0, -1.0).double()[:, None]  # (n, 1)
-        return arm * torch.stack([-theta * theta.cos(), theta * theta.sin()], 1) + noise(SPIRAL_NOISE)
+        return arm * torch.stack([-theta * theta.cos(), theta * theta.sin()], 1) + noise(
+            SPIRAL_NOISE
+        )
     if name == "swissroll":  # sklearn make_swiss_roll, (x, z) plane: r = theta
-        theta = SWISSROLL_ANGLES[0] + (SWISSROLL_ANGLES[1] - SWISSROLL_ANGLES[0]) * uniform()  # (n,)
+        theta = (
+            SWISSROLL_ANGLES[0] + (SWISSROLL_ANGLES[1] - SWISSROLL_ANGLES[0]) * uniform()
+        )  # (n,)
         return theta[:, None] * torch.stack([theta.cos(), theta.sin()], 1) + noise(SWISSROLL_NOISE)
     if name == "grid25":  # mode k = 5 row + column, each of the 25 equally likely
-        mode = torch.randint(GRID_SIDE ** 2, (n,), generator=generator)  # (n,)
+        mode = torch.randint(GRID_SIDE**2, (n,), generator=generator)  # (n,)
         return _raw_mode_centres(name)[mode] + noise(GRID_STD)
     raise AssertionError(name)
 
@@ -148,15 +186,18 @@ def sample_toy(name: str, n: int, generator: torch.Generator) -> Tensor:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-        raise TypeError("generator must be a CPU torch.Generator, e.g. torch.Generator().manual_seed(0)")
+        raise TypeError(
+            "generator must be a CPU torch.Generator, e.g. torch.Generator().manual_seed(0)"
+        )
     mean, std = (torch.tensor(v, dtype=torch.float64) for v in TOY_MOMENTS[name])
     return ((_raw_toy(name, n, generator) - mean) / std).float()  # (n, 2)
 
 
 def _check_mode_toy(name: str) -> None:
     if name not in MODE_TOYS:
-        raise ValueError(f"toy {name!r} has no discrete modes; mode centres exist for "
-                         f"{', '.join(MODE_TOYS)}")
+        raise ValueError(
+            f"toy {name!r} has no discrete modes; mode centres exist for {', '.join(MODE_TOYS)}"
+        )
 
 
 def toy_mode_centres(name: str) -> Tensor:
@@ -188,8 +229,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def _is_image(parts: tuple[str, ...]) -> bool:
     """An image file name, outside hidden folders (".git", "._x.jpg", "__MACOSX")."""
-    return (parts[-1].lower().endswith(IMAGE_SUFFIXES)
-            and not any(p.startswith(".") or p == "__MACOSX" for p in parts))
+    return parts[-1].lower().endswith(IMAGE_SUFFIXES) and not any(
+        p.startswith(".") or p == "__MACOSX" for p in parts
+    )
 
 
 def _decode_rgb(payload: bytes, name: str) -> np.ndarray:
@@ -207,16 +249,22 @@ def _select(keys: list[tuple[str, ...]], max_images: int | None, where: str):
         raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images found in {where}")
     if min(len(k) for k in keys) < 2:
         loose = next(k for k in keys if len(k) < 2)
-        raise ValueError(f"{where}: image {loose[0]} is not inside a class folder; lay images out as "
-                         f"<root>/<class name>/<image>")
+        raise ValueError(
+            f"{where}: image {loose[0]} is not inside a class folder; lay images out as "
+            f"<root>/<class name>/<image>"
+        )
     roots = sorted({k[:-2] for k in keys}, key=len)
     if len(roots) > 1:  # the class level must be one directory level for every image
-        raise ValueError(f"{where}: images sit at different depths (under {'/'.join(roots[0]) or '.'} and "
-                         f"{'/'.join(roots[-1])}); keep one <root>/<class>/<image> layout")
+        raise ValueError(
+            f"{where}: images sit at different depths (under {'/'.join(roots[0]) or '.'} and "
+            f"{'/'.join(roots[-1])}); keep one <root>/<class>/<image> layout"
+        )
     class_names = sorted({k[-2] for k in keys})
     label_of = {name: label for label, name in enumerate(class_names)}
     keys = sorted(keys)
-    if max_images is not None:  # round robin over classes: image 0 of every class, then image 1, ...
+    if (
+        max_images is not None
+    ):  # round robin over classes: image 0 of every class, then image 1, ...
         seen: dict[str, int] = defaultdict(int)
         rank = {}
         for key in keys:
@@ -226,7 +274,9 @@ def _select(keys: list[tuple[str, ...]], max_images: int | None, where: str):
     return keys, labels, class_names
 
 
-def load_image_folder(path, *, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_image_folder(
+    path, *, max_images: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(uint8 (N, 3, H, W), int64 labels (N,), class names) from `<root>/<class>/*.png|jpg|jpeg`.
 
     `path` is a folder or a .tar / .tar.gz; the class level is found automatically (the directory level whose
@@ -236,19 +286,24 @@ def load_image_folder(path, *, max_images: int | None = None) -> tuple[np.ndarra
     `ImageFolder` (sorted class names -> label index) without torchvision.
     """
     path = Path(path)
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
-                                   or max_images < 1):
+    if max_images is not None and (
+        isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1
+    ):
         raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
     if path.is_dir():
         files = {p.relative_to(path).parts: p for p in path.rglob("*") if p.is_file()}
-        keys, labels, class_names = _select([k for k in files if _is_image(k)], max_images, str(path))
+        keys, labels, class_names = _select(
+            [k for k in files if _is_image(k)], max_images, str(path)
+        )
         payloads = (files[key].read_bytes() for key in keys)
     elif path.is_file() and tarfile.is_tarfile(path):
         stored = _read_archive_images(path)
         keys, labels, class_names = _select(list(stored), max_images, str(path))
         payloads = (stored.pop(key) for key in keys)
     else:
-        raise FileNotFoundError(f"image folder {path} is neither a folder nor a .tar/.tar.gz archive")
+        raise FileNotFoundError(
+            f"image folder {path} is neither a folder nor a .tar/.tar.gz archive"
+        )
     return _decode_all(payloads, keys, path), labels, class_names
 
 
@@ -284,8 +339,10 @@ def _read_archive_images(path: Path) -> dict[tuple[str, ...], bytes]:
                     stored[parts] = archive.extractfile(member).read()
             raw.read()  # to the end: a cut compressed stream raises EOFError here at the latest
     except ARCHIVE_ERRORS as error:
-        raise ValueError(f"{path} is a truncated or damaged archive ({type(error).__name__}: "
-                         f"{error}); download or pack it again") from None
+        raise ValueError(
+            f"{path} is a truncated or damaged archive ({type(error).__name__}: "
+            f"{error}); download or pack it again"
+        ) from None
     return stored
 
 
@@ -298,13 +355,16 @@ def _decode_all(payloads, keys: list[tuple[str, ...]], where: Path) -> np.ndarra
         if images is None:
             images, first = np.empty((len(keys), 3, *rgb.shape[:2]), dtype=np.uint8), name
         elif rgb.shape[:2] != images.shape[2:]:
-            raise ValueError(f"all images must share one size: {name} is {rgb.shape[1]}x{rgb.shape[0]} but "
-                             f"{first} is {images.shape[3]}x{images.shape[2]} (W x H); resize them first")
+            raise ValueError(
+                f"all images must share one size: {name} is {rgb.shape[1]}x{rgb.shape[0]} but "
+                f"{first} is {images.shape[3]}x{images.shape[2]} (W x H); resize them first"
+            )
         images[index] = rgb.transpose(2, 0, 1)  # (3, H, W)
     return images  # (N, 3, H, W)
 
 
 # ==================== Pre-encoded latents and the dataset switch (issue #5) =======================
+
 
 def load_latents(path) -> tuple[Tensor, Tensor]:
     """(latents float32 (N, C, H, W), labels int64 (N,)) from .safetensors / .npz (keys "latents", "labels")
@@ -321,26 +381,46 @@ def load_latents(path) -> tuple[Tensor, Tensor]:
     elif suffix == ".npy":
         labels_path = path.with_name("labels.npy")
         if not labels_path.is_file():
-            raise FileNotFoundError(f"{path} holds only latents: put the class labels next to it as {labels_path}")
-        arrays = {"latents": np.load(path, allow_pickle=False), "labels": np.load(labels_path, allow_pickle=False)}
+            raise FileNotFoundError(
+                f"{path} holds only latents: put the class labels next to it as {labels_path}"
+            )
+        arrays = {
+            "latents": np.load(path, allow_pickle=False),
+            "labels": np.load(labels_path, allow_pickle=False),
+        }
     else:
-        raise ValueError(f"latents file {path} must be .safetensors or .npz (keys 'latents', 'labels') or a .npy "
-                         f"with a sibling labels.npy")
+        raise ValueError(
+            f"latents file {path} must be .safetensors or .npz (keys 'latents', 'labels') or a .npy "
+            f"with a sibling labels.npy"
+        )
     missing = [key for key in ("latents", "labels") if key not in arrays]
     if missing:
-        raise ValueError(f"{path} lacks {missing}: it has keys {sorted(arrays)}; expected 'latents' (N, C, H, W) "
-                         f"and 'labels' (N,)")
+        raise ValueError(
+            f"{path} lacks {missing}: it has keys {sorted(arrays)}; expected 'latents' (N, C, H, W) "
+            f"and 'labels' (N,)"
+        )
     latents, labels = torch.as_tensor(arrays["latents"]), torch.as_tensor(arrays["labels"])
     if latents.is_floating_point() and not bool(torch.isfinite(latents).all()):
         bad = int((~torch.isfinite(latents)).flatten(1).any(1).sum()) if latents.dim() > 1 else 1
-        raise ValueError(f"{path}: {bad} latent(s) hold NaN or inf values; re-encode them (a VAE run "
-                         f"in float16 can overflow) or drop those rows")
+        raise ValueError(
+            f"{path}: {bad} latent(s) hold NaN or inf values; re-encode them (a VAE run "
+            f"in float16 can overflow) or drop those rows"
+        )
     if latents.dim() != 4 or not latents.is_floating_point():
-        raise ValueError(f"{path}: latents must be a float (N, C, H, W) array, got {latents.dtype} "
-                         f"{tuple(latents.shape)}")
-    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool or len(labels) != len(latents):
-        raise ValueError(f"{path}: labels must be integers of shape ({len(latents)},), got {labels.dtype} "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"{path}: latents must be a float (N, C, H, W) array, got {latents.dtype} "
+            f"{tuple(latents.shape)}"
+        )
+    if (
+        labels.dim() != 1
+        or labels.is_floating_point()
+        or labels.dtype == torch.bool
+        or len(labels) != len(latents)
+    ):
+        raise ValueError(
+            f"{path}: labels must be integers of shape ({len(latents)},), got {labels.dtype} "
+            f"{tuple(labels.shape)}"
+        )
     if len(labels) and int(labels.min()) < 0:
         raise ValueError(f"{path}: labels must be >= 0, found {int(labels.min())}")
     return latents.float().contiguous(), labels.long()  # (N, C, H, W), (N,)
@@ -362,17 +442,22 @@ def load_dataset(spec: str, data_path=None, *, check_md5: bool = True):
         return (*load_latents(path), None)
     if spec in ("cifar10", "folder"):
         if data_path is None or not Path(data_path).exists():
-            raise FileNotFoundError(f"dataset {spec!r} needs an existing data path (e.g. --data "
-                                    f"cifar-10-python.tar.gz or a <root>/<class>/<image> folder / archive), "
-                                    f"got {data_path!r}")
+            raise FileNotFoundError(
+                f"dataset {spec!r} needs an existing data path (e.g. --data "
+                f"cifar-10-python.tar.gz or a <root>/<class>/<image> folder / archive), "
+                f"got {data_path!r}"
+            )
         if spec == "cifar10" and is_cifar10(data_path):
             return (*load_cifar10(data_path, check_md5=check_md5), list(CIFAR10_CLASSES))
         return load_image_folder(data_path)
-    raise ValueError(f"unknown dataset {spec!r}; use 'cifar10', 'folder' or 'latents:PATH' (toy data: "
-                     f"sample_toy with one of {', '.join(TOY_DATASETS)})")
+    raise ValueError(
+        f"unknown dataset {spec!r}; use 'cifar10', 'folder' or 'latents:PATH' (toy data: "
+        f"sample_toy with one of {', '.join(TOY_DATASETS)})"
+    )
 
 
 # ==================== uint8 <-> [-1, 1] and the resumable batch iterator (issue #6) ===============
+
 
 def uint8_to_images(u8, dtype: torch.dtype = torch.float32) -> Tensor:
     """uint8 [0, 255] -> float in [-1, 1]: u / 127.5 - 1 (DiT's ToTensor + Normalize(0.5, 0.5))."""
@@ -393,7 +478,7 @@ def images_to_uint8(x) -> Tensor:
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit generator seed for (seed, epoch): distinct pairs give unrelated streams."""
     digest = hashlib.sha256(f"twinflow-min/ImageBatches/{seed}/{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class ImageBatches:
@@ -406,11 +491,21 @@ class ImageBatches:
     different subset each epoch). The data stay on the CPU; each batch is moved to `device`.
     """
 
-    def __init__(self, images_uint8, labels, batch_size: int, *, seed: int, flip: bool | None = None,
-                 device="cpu"):
+    def __init__(
+        self,
+        images_uint8,
+        labels,
+        batch_size: int,
+        *,
+        seed: int,
+        flip: bool | None = None,
+        device="cpu",
+    ):
         if isinstance(images_uint8, np.ndarray) and not images_uint8.flags.writeable:
             images_uint8 = images_uint8.copy()
-        self.data = torch.as_tensor(images_uint8).cpu()  # (N, C, H, W), shares memory with a numpy input
+        self.data = torch.as_tensor(
+            images_uint8
+        ).cpu()  # (N, C, H, W), shares memory with a numpy input
         if self.data.dim() != 4:
             raise ValueError(f"data must be (N, C, H, W), got shape {tuple(self.data.shape)}")
         if self.data.dtype != torch.uint8 and not self.data.is_floating_point():
@@ -419,15 +514,25 @@ class ImageBatches:
             labels = torch.as_tensor(np.array(labels))
         self.labels = None if labels is None else labels.cpu().long()  # (N,)
         if self.labels is not None and self.labels.shape != (len(self.data),):
-            raise ValueError(f"labels must have shape ({len(self.data)},), got {tuple(self.labels.shape)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(self.data):
-            raise ValueError(f"batch_size must be an int in [1, {len(self.data)}] (the dataset size), "
-                             f"got {batch_size!r}")
+            raise ValueError(
+                f"labels must have shape ({len(self.data)},), got {tuple(self.labels.shape)}"
+            )
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, int)
+            or not 1 <= batch_size <= len(self.data)
+        ):
+            raise ValueError(
+                f"batch_size must be an int in [1, {len(self.data)}] (the dataset size), "
+                f"got {batch_size!r}"
+            )
         self.batch_size, self.seed, self.device = batch_size, int(seed), torch.device(device)
         self.is_uint8 = self.data.dtype == torch.uint8
         self.flip = self.is_uint8 if flip is None else bool(flip)
         self.epoch, self.position = 0, 0
-        self._order: tuple[int, int, Tensor, Tensor] | None = None  # (seed, epoch, permutation, flip mask)
+        self._order: tuple[int, int, Tensor, Tensor] | None = (
+            None  # (seed, epoch, permutation, flip mask)
+        )
 
     @property
     def batches_per_epoch(self) -> int:
@@ -437,7 +542,9 @@ class ImageBatches:
         if self._order is None or self._order[:2] != (self.seed, self.epoch):
             generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
             permutation = torch.randperm(len(self.data), generator=generator)  # (N,)
-            flip_mask = torch.rand(len(self.data), generator=generator) < 0.5  # (N,) drawn even when flip=False
+            flip_mask = (
+                torch.rand(len(self.data), generator=generator) < 0.5
+            )  # (N,) drawn even when flip=False
             self._order = (self.seed, self.epoch, permutation, flip_mask)
         return self._order[2], self._order[3]
 
@@ -445,7 +552,9 @@ class ImageBatches:
         return self
 
     def __next__(self) -> tuple[Tensor, Tensor | None]:
-        if self.position + self.batch_size > len(self.data):  # drop the partial batch, start a new epoch
+        if self.position + self.batch_size > len(
+            self.data
+        ):  # drop the partial batch, start a new epoch
             self.epoch, self.position = self.epoch + 1, 0
         permutation, flip_mask = self._epoch_order()
         window = slice(self.position, self.position + self.batch_size)
@@ -466,9 +575,13 @@ class ImageBatches:
         """Continue the saved stream (its seed replaces the constructor's)."""
         missing = {"epoch", "position", "seed"} - set(state)
         if missing:
-            raise ValueError(f"ImageBatches state lacks {sorted(missing)}; expected keys epoch, position, seed")
+            raise ValueError(
+                f"ImageBatches state lacks {sorted(missing)}; expected keys epoch, position, seed"
+            )
         epoch, position, seed = (int(state[key]) for key in ("epoch", "position", "seed"))
         if epoch < 0 or not 0 <= position <= len(self.data):
-            raise ValueError(f"ImageBatches state out of range: epoch {epoch}, position {position} for "
-                             f"{len(self.data)} samples (was it saved for another dataset?)")
+            raise ValueError(
+                f"ImageBatches state out of range: epoch {epoch}, position {position} for "
+                f"{len(self.data)} samples (was it saved for another dataset?)"
+            )
         self.epoch, self.position, self.seed = epoch, position, seed

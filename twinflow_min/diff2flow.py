@@ -40,8 +40,12 @@ SCHEDULES = ("linear", "scaled_linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def ddpm_alphas_cumprod(num_steps: int = DDPM_NUM_STEPS, beta_start: float = DDPM_BETA_START,
-                        beta_end: float = DDPM_BETA_END, schedule: str = "linear") -> Tensor:
+def ddpm_alphas_cumprod(
+    num_steps: int = DDPM_NUM_STEPS,
+    beta_start: float = DDPM_BETA_START,
+    beta_end: float = DDPM_BETA_END,
+    schedule: str = "linear",
+) -> Tensor:
     """alpha_bar_k = prod_{j <= k} (1 - beta_j), float64 of shape (num_steps,).
 
     Mirrors DiT `gaussian_diffusion.py::get_beta_schedule` ("linear": betas evenly spaced; "scaled_linear",
@@ -52,11 +56,15 @@ def ddpm_alphas_cumprod(num_steps: int = DDPM_NUM_STEPS, beta_start: float = DDP
     if not isinstance(num_steps, int) or num_steps < 2:
         raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}")
     if not 0 < beta_start < beta_end < 1:
-        raise ValueError(f"need 0 < beta_start < beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
+        raise ValueError(
+            f"need 0 < beta_start < beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}"
+        )
     if schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)  # (T,)
     elif schedule == "scaled_linear":
-        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_steps, dtype=torch.float64) ** 2  # (T,)
+        betas = (
+            torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
+        )  # (T,)
     else:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     return torch.cumprod(1 - betas, dim=0)  # (T,)
@@ -64,31 +72,42 @@ def ddpm_alphas_cumprod(num_steps: int = DDPM_NUM_STEPS, beta_start: float = DDP
 
 def _check_table(alphas_cumprod: Tensor) -> None:
     """Raise unless `alphas_cumprod` is a 1-D strictly decreasing table inside (0, 1)."""
-    if not isinstance(alphas_cumprod, Tensor) or alphas_cumprod.dim() != 1 or alphas_cumprod.numel() < 2:
-        raise ValueError("alphas_cumprod must be a 1-D tensor with at least 2 entries; "
-                         "build it with ddpm_alphas_cumprod()")
-    if not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()) or \
-            not bool((alphas_cumprod[1:] < alphas_cumprod[:-1]).all()):
-        raise ValueError("alphas_cumprod must lie in (0, 1) and decrease strictly with the step index")
+    if (
+        not isinstance(alphas_cumprod, Tensor)
+        or alphas_cumprod.dim() != 1
+        or alphas_cumprod.numel() < 2
+    ):
+        raise ValueError(
+            "alphas_cumprod must be a 1-D tensor with at least 2 entries; "
+            "build it with ddpm_alphas_cumprod()"
+        )
+    if not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()) or not bool(
+        (alphas_cumprod[1:] < alphas_cumprod[:-1]).all()
+    ):
+        raise ValueError(
+            "alphas_cumprod must lie in (0, 1) and decrease strictly with the step index"
+        )
 
 
 def _check_t_abs(t_abs: Tensor) -> Tensor:
     """Raise unless t_abs is a (B,) tensor in [0, 1]."""
     check_time(t_abs, "t_abs")
     if t_abs.numel() and bool((t_abs < 0).any()):
-        raise ValueError("t_abs must be non-negative: pass t.abs() (the sign of t only selects the twin branch)")
+        raise ValueError(
+            "t_abs must be non-negative: pass t.abs() (the sign of t only selects the twin branch)"
+        )
     return t_abs
 
 
 def alpha_bar_of_flow_time(t_abs: Tensor) -> Tensor:
     """alpha_bar(t) = (1 - t)^2 / ((1 - t)^2 + t^2), the DDPM level whose rescaled x_ddpm equals our x_t."""
     t_abs = _check_t_abs(t_abs)
-    return (1 - t_abs) ** 2 / ((1 - t_abs) ** 2 + t_abs ** 2)  # (B,)
+    return (1 - t_abs) ** 2 / ((1 - t_abs) ** 2 + t_abs**2)  # (B,)
 
 
 def _log_alpha_bar_of_flow_time(t_abs: Tensor) -> Tensor:
     """log alpha_bar(t) written as a difference of logs (no 0 / 0 near t = 1; -inf at t = 1)."""
-    return torch.log((1 - t_abs) ** 2) - torch.log((1 - t_abs) ** 2 + t_abs ** 2)  # (B,)
+    return torch.log((1 - t_abs) ** 2) - torch.log((1 - t_abs) ** 2 + t_abs**2)  # (B,)
 
 
 def flow_time_to_ddpm(t_abs: Tensor, alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,7 +147,7 @@ def ddpm_input_scale(t_abs: Tensor) -> Tensor:
 
     See the module docstring (docs/math.md#diffusion-bridge).
     """
-    return torch.rsqrt((1 - t_abs) ** 2 + t_abs ** 2)  # (B,)
+    return torch.rsqrt((1 - t_abs) ** 2 + t_abs**2)  # (B,)
 
 
 def ddpm_timestep_to_flow_time(timestep: Tensor, alphas_cumprod: Tensor) -> Tensor:
@@ -142,7 +161,9 @@ def ddpm_timestep_to_flow_time(timestep: Tensor, alphas_cumprod: Tensor) -> Tens
         raise ValueError("timestep must be a 1-D tensor of shape (B,)")
     num_steps = alphas_cumprod.numel()
     if timestep.numel() and bool(((timestep < 0) | (timestep > num_steps - 1)).any()):
-        raise ValueError(f"timestep must lie in [0, {num_steps - 1}] for a table of {num_steps} steps")
+        raise ValueError(
+            f"timestep must lie in [0, {num_steps - 1}] for a table of {num_steps} steps"
+        )
     dtype = timestep.dtype if timestep.is_floating_point() else torch.float64
     timestep = timestep.to(dtype)
     log_table = torch.log(alphas_cumprod.to(device=timestep.device, dtype=dtype))  # (T,)
@@ -153,8 +174,9 @@ def ddpm_timestep_to_flow_time(timestep: Tensor, alphas_cumprod: Tensor) -> Tens
     return (1 - alpha_bar).sqrt() / (alpha_bar.sqrt() + (1 - alpha_bar).sqrt())  # (B,)
 
 
-def prediction_to_flow_velocity(prediction: Tensor, x_ddpm: Tensor, t_abs: Tensor, alphas_cumprod: Tensor,
-                                prediction_type: str) -> Tensor:
+def prediction_to_flow_velocity(
+    prediction: Tensor, x_ddpm: Tensor, t_abs: Tensor, alphas_cumprod: Tensor, prediction_type: str
+) -> Tensor:
     """Turn a DDPM network output at x_ddpm = input_scale * x_t into our velocity F = z_hat - x_hat.
 
     alpha_bar comes from the closed form alpha_bar(t) (not the table), so the algebra is exact:
@@ -169,10 +191,14 @@ def prediction_to_flow_velocity(prediction: Tensor, x_ddpm: Tensor, t_abs: Tenso
     t_abs = _check_t_abs(t_abs)
     _check_table(alphas_cumprod)
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
+        raise ValueError(
+            f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}"
+        )
     if prediction.shape != x_ddpm.shape:
-        raise ValueError(f"prediction {tuple(prediction.shape)} and x_ddpm {tuple(x_ddpm.shape)} must have the same "
-                         f"shape; slice a learned-sigma output to its first C channels first")
+        raise ValueError(
+            f"prediction {tuple(prediction.shape)} and x_ddpm {tuple(x_ddpm.shape)} must have the same "
+            f"shape; slice a learned-sigma output to its first C channels first"
+        )
     alpha_bar = alpha_bar_of_flow_time(t_abs).to(prediction.dtype)  # (B,)
     if prediction_type == "epsilon":
         # floor at the table's noisiest trained level (module docstring)

@@ -27,16 +27,24 @@ from torch import Tensor, nn
 
 from twinflow_min.checks import CheckpointError
 
-INPUT_SIZE = 299  # Inception-v3 input resolution (pytorch-fid `InceptionV3.forward`, resize_input=True)
+INPUT_SIZE = (
+    299  # Inception-v3 input resolution (pytorch-fid `InceptionV3.forward`, resize_input=True)
+)
 FEATURE_DIM = 2048  # pool3 width: pytorch-fid BLOCK_INDEX_BY_DIM[2048] = 3 (final average pooling)
-NUM_CLASSES = 1008  # the TF graph's classifier width (pytorch-fid `fid_inception_v3`, num_classes=1008)
+NUM_CLASSES = (
+    1008  # the TF graph's classifier width (pytorch-fid `fid_inception_v3`, num_classes=1008)
+)
 BATCH_NORM_EPS = 1e-3  # torchvision `BasicConv2d`: BatchNorm2d(eps=0.001)
 UINT8_MAX = 255.0
-RANGE_TOLERANCE = 1e-4  # float images may overshoot [-1, 1] by this much (round-off) before we refuse them
+RANGE_TOLERANCE = (
+    1e-4  # float images may overshoot [-1, 1] by this much (round-off) before we refuse them
+)
 
 
-WORKING_FILES = ("use pytorch-fid's state dict pt_inception-2015-12-05-6726825d.pth "
-                 "(or a .safetensors copy of it)")
+WORKING_FILES = (
+    "use pytorch-fid's state dict pt_inception-2015-12-05-6726825d.pth "
+    "(or a .safetensors copy of it)"
+)
 
 
 class InceptionWeightsError(CheckpointError):
@@ -50,22 +58,33 @@ def images_to_unit_range(images: Tensor) -> Tensor:
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         channels_last = images.dim() == 4 and images.shape[-1] in (1, 3)
         hint = " (channels-last? use images.permute(0, 3, 1, 2))" if channels_last else ""
-        raise ValueError(f"images must have shape (B, 1 or 3, H, W), got {tuple(images.shape)}{hint}")
+        raise ValueError(
+            f"images must have shape (B, 1 or 3, H, W), got {tuple(images.shape)}{hint}"
+        )
     if images.dtype == torch.uint8:
         unit = images.float() / UINT8_MAX
     elif images.is_floating_point():
-        if images.numel() and (images.min() < -1 - RANGE_TOLERANCE or images.max() > 1 + RANGE_TOLERANCE):
-            raise ValueError(f"float images must lie in [-1, 1], got values from {images.min().item():.4g} to "
-                             f"{images.max().item():.4g}; clamp them with images.clamp(-1, 1) or pass uint8")
+        if images.numel() and (
+            images.min() < -1 - RANGE_TOLERANCE or images.max() > 1 + RANGE_TOLERANCE
+        ):
+            raise ValueError(
+                f"float images must lie in [-1, 1], got values from {images.min().item():.4g} to "
+                f"{images.max().item():.4g}; clamp them with images.clamp(-1, 1) or pass uint8"
+            )
         unit = (images.clamp(-1, 1) + 1) / 2
     else:
-        raise TypeError(f"images must be uint8 in [0, 255] or float in [-1, 1], got dtype {images.dtype}")
-    return unit.expand(-1, 3, -1, -1) if unit.shape[1] == 1 else unit  # grey -> RGB, as PIL .convert("RGB")
+        raise TypeError(
+            f"images must be uint8 in [0, 255] or float in [-1, 1], got dtype {images.dtype}"
+        )
+    return (
+        unit.expand(-1, 3, -1, -1) if unit.shape[1] == 1 else unit
+    )  # grey -> RGB, as PIL .convert("RGB")
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Building blocks (torchvision names: BasicConv2d, InceptionA..E; pytorch-fid patches as a `pool` argument)
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 class BasicConv2d(nn.Module):
     """conv (no bias) -> BatchNorm(eps 1e-3) -> ReLU  (torchvision `inception.py::BasicConv2d`)."""
@@ -83,7 +102,9 @@ def _pool_3x3(x: Tensor, pool: str) -> Tensor:
     """The pool branch of blocks A/C/E: 3x3, stride 1, pad 1 (pytorch-fid FIDInceptionA/C/E_1 and E_2)."""
     if pool == "max":  # FIDInceptionE_2 (Mixed_7c)
         return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)  # TF average pool
+    return F.avg_pool2d(
+        x, kernel_size=3, stride=1, padding=1, count_include_pad=False
+    )  # TF average pool
 
 
 class InceptionA(nn.Module):
@@ -142,7 +163,12 @@ class InceptionC(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         branch7x7dbl = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+        for layer in (
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             branch7x7dbl = layer(branch7x7dbl)
         branch_pool = self.branch_pool(_pool_3x3(x, "avg"))
         return torch.cat([self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool], dim=1)
@@ -191,14 +217,17 @@ class InceptionE(nn.Module):
         branch3x3 = self.branch3x3_1(x)
         branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], dim=1)
         branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], dim=1)
+        branch3x3dbl = torch.cat(
+            [self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], dim=1
+        )
         branch_pool = self.branch_pool(_pool_3x3(x, self.pool))
         return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, branch_pool], dim=1)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The network
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+
 
 class InceptionV3FID(nn.Module):
     """Inception-v3 as used for FID: images -> pool3 features (B, 2048).
@@ -237,7 +266,9 @@ class InceptionV3FID(nn.Module):
         then `2 * x - 1`.
         """
         unit = images_to_unit_range(images)  # (B, 3, H, W) in [0, 1]
-        resized = F.interpolate(unit, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        resized = F.interpolate(
+            unit, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False
+        )
         return 2 * resized - 1  # (B, 3, 299, 299)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -262,29 +293,36 @@ def inception_state_dict_names(include_batch_counters: bool = True) -> list[str]
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights not found at {path}; pass the path of pytorch-fid's "
-                                f"pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy)")
+        raise FileNotFoundError(
+            f"Inception weights not found at {path}; pass the path of pytorch-fid's "
+            f"pt_inception-2015-12-05-6726825d.pth (or a .safetensors copy)"
+        )
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as error:
-            raise InceptionWeightsError(f"{path} is not a readable safetensors file ({error}); "
-                                        f"{WORKING_FILES}") from None
+            raise InceptionWeightsError(
+                f"{path} is not a readable safetensors file ({error}); {WORKING_FILES}"
+            ) from None
     if path.suffix not in (".pth", ".pt"):
         raise InceptionWeightsError(f"unsupported weight file {path.name!r}: {WORKING_FILES}")
     if _is_torchscript(path):
-        raise InceptionWeightsError(f"{path} is a TorchScript archive (such as torch-fidelity's or "
-                                    f"clean-fid's inception-2015-12-05.pt), not a state dict; "
-                                    f"{WORKING_FILES}")
+        raise InceptionWeightsError(
+            f"{path} is a TorchScript archive (such as torch-fidelity's or "
+            f"clean-fid's inception-2015-12-05.pt), not a state dict; "
+            f"{WORKING_FILES}"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle refusals, truncated zip archives: one line, no traceback
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise InceptionWeightsError(f"cannot read {path} with weights_only=True ({first_line}); "
-                                    f"{WORKING_FILES}") from None
+        raise InceptionWeightsError(
+            f"cannot read {path} with weights_only=True ({first_line}); {WORKING_FILES}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise InceptionWeightsError(f"{path} does not hold a plain state_dict of tensors; "
-                                    f"{WORKING_FILES}")
+        raise InceptionWeightsError(
+            f"{path} does not hold a plain state_dict of tensors; {WORKING_FILES}"
+        )
     return dict(state)
 
 
@@ -311,16 +349,26 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> Ince
     required = set(inception_state_dict_names(include_batch_counters=False))
     missing = sorted(required - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong_shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                    for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    wrong_shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
     if missing or unexpected or wrong_shapes:
+
         def show(items):
-            return ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
+            return ", ".join(items[:10]) + (
+                f", ... ({len(items)} in all)" if len(items) > 10 else ""
+            )
+
         raise InceptionWeightsError(
             f"{path} is not the FID Inception-v3 (pt_inception-2015-12-05) layout: missing keys "
-            f"[{show(missing)}]; unexpected keys [{show(unexpected)}]; wrong shapes [{show(wrong_shapes)}]")
+            f"[{show(missing)}]; unexpected keys [{show(unexpected)}]; wrong shapes [{show(wrong_shapes)}]"
+        )
     for name in set(expected) - set(state):  # only optional BatchNorm counters can remain
         state[name] = torch.zeros((), dtype=torch.long)
     model.load_state_dict(state, strict=True, assign=True)  # assign: adopt the file's tensors
     model.name = f"{InceptionV3FID.name}:{path.name}"
-    return model.float().to(device).eval().requires_grad_(False)  # float32 even from a half-precision copy
+    return (
+        model.float().to(device).eval().requires_grad_(False)
+    )  # float32 even from a half-precision copy

@@ -1,17 +1,18 @@
 """DiT / SiT backbone with TwinFlow's time conditioning: F(x_t, t, t_tgt, y).
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 3 (the any-step model F(x_t, t, t_tgt) and the negative-time
-twin branch); backbone: DiT (Peebles & Xie 2023) as in `facebookresearch/DiT models.py::DiT` and
-`willisma/SiT models.py::SiT`, with the same state-dict keys so released DiT/SiT/REPA files load with
-strict key checks. The TwinFlow additions mirror the official SD3.5 wrapper (`transformer_sd_3.py`:
-`temb += time_embed_2(t_tgt) * (t - t_tgt)`, second embedder N(0, 0.02)) and SimpleTuner's
-zero-initialised `nn.Embedding(2, D)` time-sign embedding (the official code has no sign input); see
-docs/math.md#model-inputs.
+Paper: TwinFlow (arXiv:2512.05150), Sec. 3 (the any-step model F(x_t, t, t_tgt) and the
+negative-time twin branch); backbone: DiT (Peebles & Xie 2023) as in `facebookresearch/DiT
+models.py::DiT` and `willisma/SiT models.py::SiT`, with the same state-dict keys so released
+DiT/SiT/REPA files load with strict key checks. The TwinFlow additions mirror the official
+SD3.5 wrapper (`transformer_sd_3.py`: `temb += time_embed_2(t_tgt) * (t - t_tgt)`, second
+embedder N(0, 0.02)) and SimpleTuner's zero-initialised `nn.Embedding(2, D)` time-sign embedding
+(the official code has no sign input); see docs/math.md#model-inputs.
 
-Time convention: see twinflow_min/transport.py. `DiT` knows only that convention. Pretrained files in
-another one are run through thin subclasses that translate at the door, chosen by `model_from_config`:
-`SiTTimeFlip` (willisma/SiT, `time_convention="sit"`) and `DiffusionAsFlow` (DDPM epsilon /
-v-prediction DiT files, docs/math.md#diffusion-bridge). Their state-dict keys are those of `DiT`.
+Time convention: see twinflow_min/transport.py. `DiT` knows only that convention. Pretrained
+files in another one run through thin subclasses that translate at the door, chosen by
+`model_from_config`: `SiTTimeFlip` (willisma/SiT, `time_convention="sit"`) and
+`DiffusionAsFlow` (DDPM epsilon / v-prediction DiT files, docs/math.md#diffusion-bridge). Their
+state-dict keys are those of `DiT`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ COUNT_FIELDS = ("num_classes", "data_dim")  # 0 allowed: unconditional / image d
 @dataclass
 class DiTConfig:
     """Architecture + time handling. Defaults: DiT-S/2 on ImageNet-256 latents (DiT `DiT_S_2`)."""
+
     input_size: int = 32
     patch_size: int = 2
     in_channels: int = 4
@@ -72,28 +74,37 @@ class DiTConfig:
             if not is_int(value) or value < minimum:
                 raise ValueError(f"DiTConfig.{name} must be an int >= {minimum}, got {value!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads "
-                             f"{self.num_heads}")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
         if self.hidden_size % 4:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by 4 "
-                             f"(2-D sin-cos position embedding)")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by 4 "
+                f"(2-D sin-cos position embedding)"
+            )
         if self.data_dim == 0 and self.input_size % self.patch_size:
-            raise ValueError(f"input_size {self.input_size} must be divisible by patch_size "
-                             f"{self.patch_size}")
+            raise ValueError(
+                f"input_size {self.input_size} must be divisible by patch_size {self.patch_size}"
+            )
         for name in ("mlp_ratio", "time_scale"):
             value = getattr(self, name)
             if not is_real(value) or value <= 0:
                 raise ValueError(f"DiTConfig.{name} must be a number > 0, got {value!r}")
-        for name, allowed in (("time_convention", TIME_CONVENTIONS),
-                              ("prediction_type", PREDICTION_TYPES)):
+        for name, allowed in (
+            ("time_convention", TIME_CONVENTIONS),
+            ("prediction_type", PREDICTION_TYPES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.prediction_type != "flow" and self.time_convention != "ours":
-            raise ValueError("time_convention 'sit' applies to flow models only; diffusion files "
-                             f"(prediction_type={self.prediction_type!r}) use time_convention='ours'")
+            raise ValueError(
+                f"time_convention 'sit' applies to flow models only; diffusion files "
+                f"(prediction_type={self.prediction_type!r}) use "
+                f"time_convention='ours'"
+            )
 
 
-# ------------------------------------------------------------------------------------------- embeddings
+# --------------------------------------------------------------------------------------- embeddings
 def sinusoid_frequencies(half: int, dtype: torch.dtype, device=None) -> Tensor:
     """GLIDE/DiT frequencies exp(-ln(10000) * i / half), i < half (DiT `timestep_embedding`)."""
     index = torch.arange(half, dtype=dtype, device=device)  # (half,)
@@ -106,9 +117,9 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> Tensor:
     The first half of the channels encodes the column (DiT's grid[0] of meshgrid(w, h)), the second
     the row; each half is [sin, cos].
     """
-    cpu = torch.device("cpu")  # also under a meta-device context: a few KB, copied into the parameter
+    cpu = torch.device("cpu")  # also under a meta-device context: a few KB, copied into the weight
     exponent = torch.arange(embed_dim // 4, dtype=torch.float64, device=cpu) / (embed_dim / 4)
-    omega = 1.0 / POS_EMBED_BASE ** exponent  # (D/4,)
+    omega = 1.0 / POS_EMBED_BASE**exponent  # (D/4,)
     coords = torch.arange(grid_size, dtype=torch.float64, device=cpu)
     row, column = torch.meshgrid(coords, coords, indexing="ij")  # (G, G); token = row * G + column
     halves = []
@@ -126,10 +137,13 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, hidden_size: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(FREQUENCY_EMBEDDING_SIZE, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(FREQUENCY_EMBEDDING_SIZE, hidden_size),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size),
+        )
         # Frequencies computed once per (device, dtype). Not a buffer: a buffer would be cast by
-        # model.to(bf16) and left uninitialised by meta-device builds + to_empty() + load_state_dict.
+        # model.to(bf16) and left uninitialised by meta builds + to_empty() + load_state_dict.
         self._frequency_cache: dict[tuple, Tensor] = {}
 
     def forward(self, time: Tensor) -> Tensor:
@@ -152,7 +166,9 @@ class PatchEmbed(nn.Module):
         if data_dim:
             self.proj = nn.Linear(data_dim, hidden_size)
         else:
-            self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+            self.proj = nn.Conv2d(
+                in_channels, hidden_size, kernel_size=patch_size, stride=patch_size
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
@@ -160,14 +176,14 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, T, D)
 
 
-# ------------------------------------------------------------------------------------------- transformer
+# -------------------------------------------------------------------------------------- transformer
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN: x * (1 + scale) + shift  (DiT `modulate`)."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)  # (B, T, D)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, fused qkv (timm Attention, qkv_bias=True), by scaled_dot_product."""
+    """Multi-head self-attention, fused qkv (timm Attention, qkv_bias=True), by SDPA."""
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
@@ -177,8 +193,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, D = x.shape
-        if T == 1:  # one token (vector data): softmax over one key is 1, attention returns v exactly
-            v = functional.linear(x, self.qkv.weight[2 * D:], self.qkv.bias[2 * D:])  # (B, 1, D)
+        if T == 1:  # one token (vector data): softmax over one key is 1, attention returns v
+            v = functional.linear(x, self.qkv.weight[2 * D :], self.qkv.bias[2 * D :])  # (B, 1, D)
             return self.proj(v)  # (B, 1, D)
         qkv = self.qkv(x)  # (B, T, 3D)
         q, k, v = qkv.reshape(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
@@ -195,9 +211,13 @@ class DiTBlock(nn.Module):
         self.attn = Attention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=LAYER_NORM_EPS)
         mlp_hidden = int(hidden_size * mlp_ratio)  # timm Mlp, DiT's approx_gelu: fc1 -> GELU -> fc2
-        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(hidden_size, mlp_hidden),
-                                             act=nn.GELU(approximate="tanh"),
-                                             fc2=nn.Linear(mlp_hidden, hidden_size)))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                fc1=nn.Linear(hidden_size, mlp_hidden),
+                act=nn.GELU(approximate="tanh"),
+                fc2=nn.Linear(mlp_hidden, hidden_size),
+            )
+        )
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
@@ -234,19 +254,24 @@ class DiT(nn.Module):
     def __init__(self, config: DiTConfig):
         super().__init__()
         if not isinstance(config, DiTConfig):
-            raise TypeError(f"DiT expects a DiTConfig, got {type(config).__name__}; "
-                            f"use build_model(name) for presets")
+            raise TypeError(
+                f"DiT expects a DiTConfig, got {type(config).__name__}; "
+                f"use build_model(name) for presets"
+            )
         if not self.runs(config):
-            raise ValueError(f"{type(self).__name__} does not run time_convention="
-                             f"{config.time_convention!r} with prediction_type="
-                             f"{config.prediction_type!r}; build it with model_from_config(config)")
+            raise ValueError(
+                f"{type(self).__name__} does not run time_convention="
+                f"{config.time_convention!r} with prediction_type="
+                f"{config.prediction_type!r}; build it with model_from_config(config)"
+            )
         self.config = config
         D = config.hidden_size
-        self.out_channels = (config.data_dim or config.in_channels) * (2 if config.learn_sigma else 1)
+        channels = config.data_dim or config.in_channels
+        self.out_channels = channels * (2 if config.learn_sigma else 1)
         self.x_embedder = PatchEmbed(config.patch_size, config.in_channels, D, config.data_dim)
         grid_size = 1 if config.data_dim else config.input_size // config.patch_size
-        patch_area = 1 if config.data_dim else config.patch_size ** 2
-        tokens = grid_size ** 2  # vector data: one token
+        patch_area = 1 if config.data_dim else config.patch_size**2
+        tokens = grid_size**2  # vector data: one token
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, D), requires_grad=False)  # fixed
         self.t_embedder = TimestepEmbedder(D)
         self.t_tgt_embedder = TimestepEmbedder(D) if config.use_target_time else None
@@ -257,8 +282,9 @@ class DiT(nn.Module):
         if config.num_classes:
             table = nn.Embedding(config.num_classes + 1, D)
             self.y_embedder = nn.ModuleDict({"embedding_table": table})
-        self.blocks = nn.ModuleList(DiTBlock(D, config.num_heads, config.mlp_ratio)
-                                    for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            DiTBlock(D, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
+        )
         self.final_layer = FinalLayer(D, patch_area * self.out_channels)
         self.initialize_weights(grid_size)
 
@@ -287,15 +313,16 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x_t: Tensor, t: Tensor, t_tgt: Tensor | None = None,
-                y: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, t: Tensor, t_tgt: Tensor | None = None, y: Tensor | None = None
+    ) -> Tensor:
         """Average velocity F(x_t, t, t_tgt, y), shaped like x_t (docs/math.md#model-inputs).
 
         x_t: (B, C, H, W), or (B, data_dim) for vector data. t, t_tgt: (B,) signed times in [-1, 1]
-        (negative = fake branch; convention in twinflow_min/transport.py); t_tgt None means t_tgt = t
-        (the instantaneous velocity). y: (B,) class ids; id num_classes, or y None, is the null class;
-        an unconditional model takes y None. Raises ValueError / TypeError for shapes, dtypes, times
-        or class ids this model cannot take.
+        (negative = fake branch; convention in twinflow_min/transport.py); t_tgt None means
+        t_tgt = t (the instantaneous velocity). y: (B,) class ids; id num_classes, or y None, is the
+        null class; an unconditional model takes y None. Raises ValueError / TypeError for shapes,
+        dtypes, times or class ids this model cannot take.
         """
         t_tgt = t if t_tgt is None else t_tgt
         y = self.check_inputs(x_t, t, t_tgt, y)  # y None -> the null class
@@ -344,7 +371,9 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], h, h, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
         return x.reshape(x.shape[0], C, h * p, h * p)  # (B, C, H, W)
 
-    def check_inputs(self, x_t: Tensor, t: Tensor, t_tgt: Tensor, y: Tensor | None) -> Tensor | None:
+    def check_inputs(
+        self, x_t: Tensor, t: Tensor, t_tgt: Tensor, y: Tensor | None
+    ) -> Tensor | None:
         """The door of `forward`: clear errors for foreseeable mistakes; returns y with None
         replaced by the null class (None for an unconditional model)."""
         cfg = self.config
@@ -360,13 +389,16 @@ class DiT(nn.Module):
         weight_dtype = self.final_layer.linear.weight.dtype
         same_dtype = x_t.dtype == weight_dtype
         if not same_dtype and not torch.is_autocast_enabled(x_t.device.type):
-            raise TypeError(f"x_t is {x_t.dtype} but the model weights are {weight_dtype}: cast one "
-                            f"of them (model.to(dtype)) or run under torch.autocast")
+            raise TypeError(
+                f"x_t is {x_t.dtype} but the model weights are {weight_dtype}: "
+                f"cast one of them (model.to(dtype)) or run under torch.autocast"
+            )
         for name, value in (("t", t), ("t_tgt", t_tgt)):
             check_time(value, name)
             if value.shape[0] != x_t.shape[0]:
-                raise ValueError(f"{name} has {value.shape[0]} entries but x_t has batch size "
-                                 f"{x_t.shape[0]}")
+                raise ValueError(
+                    f"{name} has {value.shape[0]} entries but x_t has batch size {x_t.shape[0]}"
+                )
         if self.y_embedder is None:
             if y is not None:
                 raise ValueError("this model is unconditional (num_classes=0): pass y=None")
@@ -375,18 +407,23 @@ class DiT(nn.Module):
             return torch.full((x_t.shape[0],), cfg.num_classes, dtype=torch.long, device=x_t.device)
         integer = isinstance(y, Tensor) and y.dtype in (torch.int64, torch.int32)
         if not integer or y.shape != (x_t.shape[0],):
-            raise ValueError(f"y must be an integer tensor of shape ({x_t.shape[0]},), got "
-                             f"{getattr(y, 'dtype', type(y).__name__)} "
-                             f"{tuple(getattr(y, 'shape', ()))}")
+            raise ValueError(
+                f"y must be an integer tensor of shape ({x_t.shape[0]},), got "
+                f"{getattr(y, 'dtype', type(y).__name__)} "
+                f"{tuple(getattr(y, 'shape', ()))}"
+            )
         if y.numel() == 0:
             return y
         if int(y.min()) < 0 or int(y.max()) > cfg.num_classes:
-            raise ValueError(f"class ids must lie in [0, {cfg.num_classes}] (id {cfg.num_classes} = "
-                             f"null class), got {int(y.min())}..{int(y.max())}")
+            raise ValueError(
+                f"class ids must lie in [0, {cfg.num_classes}] "
+                f"(id {cfg.num_classes} = null class), "
+                f"got {int(y.min())}..{int(y.max())}"
+            )
         return y
 
 
-# ------------------------------------------------------------------------------------------- wrappers
+# ----------------------------------------------------------------------------------------- wrappers
 class SiTTimeFlip(DiT):
     """A willisma/SiT file in the project's convention: F(x_t, t, t_tgt) = -SiT(x_t, 1 - |t|, ...).
 
@@ -402,8 +439,9 @@ class SiTTimeFlip(DiT):
     def network_time(self, t: Tensor) -> Tensor:
         return (1 - t.abs()) * self.config.time_scale  # SiT time s = 1 - |t|, (B,)
 
-    def forward(self, x_t: Tensor, t: Tensor, t_tgt: Tensor | None = None,
-                y: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, t: Tensor, t_tgt: Tensor | None = None, y: Tensor | None = None
+    ) -> Tensor:
         return -super().forward(x_t, t, t_tgt, y)  # SiT's x - eps = -(z - x)
 
 
@@ -423,16 +461,18 @@ class DiffusionAsFlow(DiT):
         alphas_cumprod = diff2flow.ddpm_alphas_cumprod().to(t.device)  # (1000,) float64
         return diff2flow.flow_time_to_ddpm(t.abs(), alphas_cumprod)[0]  # DDPM index, (B,)
 
-    def forward(self, x_t: Tensor, t: Tensor, t_tgt: Tensor | None = None,
-                y: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, t: Tensor, t_tgt: Tensor | None = None, y: Tensor | None = None
+    ) -> Tensor:
         y = self.check_inputs(x_t, t, t if t_tgt is None else t_tgt, y)  # before any arithmetic
         alphas_cumprod = diff2flow.ddpm_alphas_cumprod().to(x_t.device)  # (1000,) float64
         input_scale = diff2flow.ddpm_input_scale(t.abs())  # (B,)
         x_ddpm = x_t * expand_time(input_scale, x_t)  # (B, C, H, W)
         prediction = super().forward(x_ddpm, t, t_tgt, y)  # epsilon or v, (B, C, H, W)
         prediction_type = self.config.prediction_type
-        return diff2flow.prediction_to_flow_velocity(prediction, x_ddpm, t.abs(), alphas_cumprod,
-                                                      prediction_type)
+        return diff2flow.prediction_to_flow_velocity(
+            prediction, x_ddpm, t.abs(), alphas_cumprod, prediction_type
+        )
 
 
 MODEL_CLASSES = (DiT, SiTTimeFlip, DiffusionAsFlow)
@@ -447,13 +487,14 @@ def model_from_config(config: DiTConfig) -> DiT:
     return model_class(config)
 
 
-# ------------------------------------------------------------------------------------------- metadata
+# ----------------------------------------------------------------------------------------- metadata
 def _make_config(fields: dict, source: str) -> DiTConfig:
     known = {field.name for field in dataclasses.fields(DiTConfig)}
     unknown = sorted(set(fields) - known)
     if unknown:
-        raise ValueError(f"unknown DiTConfig field(s) {unknown} in {source}; "
-                         f"known fields: {sorted(known)}")
+        raise ValueError(
+            f"unknown DiTConfig field(s) {unknown} in {source}; known fields: {sorted(known)}"
+        )
     return DiTConfig(**fields)
 
 
@@ -481,16 +522,20 @@ def config_from_metadata(metadata: dict[str, str] | None) -> DiTConfig:
     Raises ValueError when the entry is absent or is not a JSON object of DiTConfig fields.
     """
     if not metadata or METADATA_KEY not in metadata:
-        raise ValueError(f"no {METADATA_KEY!r} entry in the file metadata (keys: "
-                         f"{sorted(metadata or {})}); it was not written by twinflow-min: convert it "
-                         f"or give the model name explicitly")
+        raise ValueError(
+            f"no {METADATA_KEY!r} entry in the file metadata (keys: "
+            f"{sorted(metadata or {})}); it was not written by twinflow-min: "
+            f"convert it or give the model name explicitly"
+        )
     try:
         fields = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError:
         fields = None
     if not isinstance(fields, dict):
-        raise ValueError(f"{METADATA_KEY!r} metadata must be a JSON object of DiTConfig fields, got "
-                         f"{metadata[METADATA_KEY][:200]!r}")
+        raise ValueError(
+            f"{METADATA_KEY!r} metadata must be a JSON object of DiTConfig fields, "
+            f"got {metadata[METADATA_KEY][:200]!r}"
+        )
     return _make_config(fields, "the file metadata")
 
 
@@ -499,19 +544,36 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-# ------------------------------------------------------------------------------------------- presets
+# ------------------------------------------------------------------------------------------ presets
 # (hidden_size, depth, num_heads) of DiT Table 1 / SiT; S 33M, B 130M, L 458M, XL 675M params at /2.
 BACKBONE_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
 # ImageNet-256 latents; the released DiT/SiT files have learn_sigma=True. Loaders set the time
 # convention / prediction type per file (willisma SiT: "sit"; REPA: "ours", no sigma; DiT: epsilon).
 IMAGENET_LATENT = dict(input_size=32, in_channels=4, num_classes=1000, learn_sigma=True)
 CIFAR10_PIXELS = dict(input_size=32, patch_size=2, in_channels=3, num_classes=10)
-DIT_PRESETS = {f"DiT-{size}/{patch}": dict(IMAGENET_LATENT, hidden_size=hidden, depth=depth,
-                                           num_heads=heads, patch_size=patch, time_scale=1000.0)
-               for size, (hidden, depth, heads) in BACKBONE_SIZES.items() for patch in (2, 4, 8)}
-SIT_PRESETS = {f"SiT-{size}/2": dict(IMAGENET_LATENT, hidden_size=hidden, depth=depth,
-                                     num_heads=heads, patch_size=2, time_scale=1.0)
-               for size, (hidden, depth, heads) in BACKBONE_SIZES.items()}
+DIT_PRESETS = {
+    f"DiT-{size}/{patch}": dict(
+        IMAGENET_LATENT,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        patch_size=patch,
+        time_scale=1000.0,
+    )
+    for size, (hidden, depth, heads) in BACKBONE_SIZES.items()
+    for patch in (2, 4, 8)
+}
+SIT_PRESETS = {
+    f"SiT-{size}/2": dict(
+        IMAGENET_LATENT,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        patch_size=2,
+        time_scale=1.0,
+    )
+    for size, (hidden, depth, heads) in BACKBONE_SIZES.items()
+}
 MODEL_REGISTRY: dict[str, dict] = {
     **DIT_PRESETS,
     **SIT_PRESETS,

@@ -57,8 +57,10 @@ class VAEDecoderConfig:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         if not self.block_out_channels or bad:
-            raise ValueError(f"every entry of block_out_channels {self.block_out_channels} must be a positive "
-                             f"multiple of norm_num_groups={self.norm_num_groups}")
+            raise ValueError(
+                f"every entry of block_out_channels {self.block_out_channels} must be a positive "
+                f"multiple of norm_num_groups={self.norm_num_groups}"
+            )
 
 
 def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -74,7 +76,9 @@ class ResnetBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = _group_norm(out_channels, groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.conv_shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
@@ -92,14 +96,18 @@ class AttentionBlock(nn.Module):
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
-        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])  # key "to_out.0" as in diffusers
+        self.to_out = nn.ModuleList(
+            [nn.Linear(channels, channels)]
+        )  # key "to_out.0" as in diffusers
 
     def forward(self, x: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
         h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
         # softmax(q k^T / sqrt(C)) v, one head of width C
         h = F.scaled_dot_product_attention(self.to_q(h), self.to_k(h), self.to_v(h))  # (B, H*W, C)
-        h = self.to_out[0](h).transpose(1, 2).reshape(batch, channels, height, width)  # (B, C, H, W)
+        h = (
+            self.to_out[0](h).transpose(1, 2).reshape(batch, channels, height, width)
+        )  # (B, C, H, W)
         return x + h
 
 
@@ -108,7 +116,9 @@ class MidBlock(nn.Module):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)])
+        self.resnets = nn.ModuleList(
+            [ResnetBlock(channels, channels, groups), ResnetBlock(channels, channels, groups)]
+        )
         self.attentions = nn.ModuleList([AttentionBlock(channels, groups)])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -125,16 +135,24 @@ class Upsampler(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=UPSAMPLE_FACTOR, mode="nearest"))  # (B, C, 2H, 2W)
+        return self.conv(
+            F.interpolate(x, scale_factor=UPSAMPLE_FACTOR, mode="nearest")
+        )  # (B, C, 2H, 2W)
 
 
 class UpBlock(nn.Module):
     """layers_per_block + 1 resnets, then an optional upsampler (diffusers `UpDecoderBlock2D`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample: bool):
+    def __init__(
+        self, in_channels: int, out_channels: int, num_layers: int, groups: int, upsample: bool
+    ):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups)
-                                      for i in range(num_layers)])
+        self.resnets = nn.ModuleList(
+            [
+                ResnetBlock(in_channels if i == 0 else out_channels, out_channels, groups)
+                for i in range(num_layers)
+            ]
+        )
         self.upsamplers = nn.ModuleList([Upsampler(out_channels)]) if upsample else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -150,13 +168,24 @@ class Decoder(nn.Module):
 
     def __init__(self, config: VAEDecoderConfig):
         super().__init__()
-        widths = list(reversed(config.block_out_channels))  # up_blocks run from the widest to the narrowest
+        widths = list(
+            reversed(config.block_out_channels)
+        )  # up_blocks run from the widest to the narrowest
         groups = config.norm_num_groups
         self.conv_in = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
         self.mid_block = MidBlock(widths[0], groups)
-        self.up_blocks = nn.ModuleList([
-            UpBlock(widths[max(i - 1, 0)], widths[i], config.layers_per_block + 1, groups, upsample=i < len(widths) - 1)
-            for i in range(len(widths))])
+        self.up_blocks = nn.ModuleList(
+            [
+                UpBlock(
+                    widths[max(i - 1, 0)],
+                    widths[i],
+                    config.layers_per_block + 1,
+                    groups,
+                    upsample=i < len(widths) - 1,
+                )
+                for i in range(len(widths))
+            ]
+        )
         self.conv_norm_out = _group_norm(widths[-1], groups)
         self.conv_out = nn.Conv2d(widths[-1], config.out_channels, 3, padding=1)
 
@@ -184,7 +213,9 @@ class SDVAEDecoder(nn.Module):
     def __init__(self, config: VAEDecoderConfig | None = None):
         super().__init__()
         self.config = config if config is not None else VAEDecoderConfig()
-        self.post_quant_conv = nn.Conv2d(self.config.latent_channels, self.config.latent_channels, 1)
+        self.post_quant_conv = nn.Conv2d(
+            self.config.latent_channels, self.config.latent_channels, 1
+        )
         self.decoder = Decoder(self.config)
         self.load_report: VAELoadReport | None = None
 
@@ -197,18 +228,31 @@ class SDVAEDecoder(nn.Module):
         Mirrors REPA `generate.py` / SiT `sample.py`: `vae.decode(samples / 0.18215).sample`.
         latents: (B, latent_channels, h, w) -> (B, 3, 8h, 8w) for the SD-VAE.
         """
-        if not isinstance(latents, Tensor) or latents.dim() != 4 or latents.shape[1] != self.config.latent_channels:
+        if (
+            not isinstance(latents, Tensor)
+            or latents.dim() != 4
+            or latents.shape[1] != self.config.latent_channels
+        ):
             shape = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
-            raise ValueError(f"latents must be (B, {self.config.latent_channels}, h, w), got {shape}")
+            raise ValueError(
+                f"latents must be (B, {self.config.latent_channels}, h, w), got {shape}"
+            )
         weight = self.post_quant_conv.weight
-        z = latents.to(device=weight.device, dtype=weight.dtype) / self.config.scaling_factor  # (B, 4, h, w)
+        z = (
+            latents.to(device=weight.device, dtype=weight.dtype) / self.config.scaling_factor
+        )  # (B, 4, h, w)
         image = self.decoder(self.post_quant_conv(z))  # (B, 3, 8h, 8w)
         return image.clamp(-1, 1) if clamp else image
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, scaling_factor: float = SD_VAE_SCALING_FACTOR,
-                  norm_num_groups: int = SD_VAE_NORM_GROUPS, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device = "cpu") -> "SDVAEDecoder":
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        scaling_factor: float = SD_VAE_SCALING_FACTOR,
+        norm_num_groups: int = SD_VAE_NORM_GROUPS,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> "SDVAEDecoder":
         """Load the decoder from a diffusers-layout safetensors file (e.g. sd-vae-ft-ema's
         `diffusion_pytorch_model.safetensors`), inferring channels from the shapes.
 
@@ -233,20 +277,29 @@ class SDVAEDecoder(nn.Module):
                     dtypes.add(str(tensor.dtype).replace("torch.", ""))
                     state[new_key] = tensor.reshape(expected[new_key]).to(dtype)
         except SafetensorError as error:
-            raise VAECheckpointError(f"{path!r} is not a readable safetensors file ({error}); convert .ckpt/.bin "
-                                     f"files to safetensors first") from error
+            raise VAECheckpointError(
+                f"{path!r} is not a readable safetensors file ({error}); convert .ckpt/.bin "
+                f"files to safetensors first"
+            ) from error
         model = model.to_empty(device=device).to(dtype)
         model.load_state_dict(state, strict=True)
-        model.load_report = VAELoadReport(path, len(state), sum(k.startswith(ENCODER_PREFIXES) for k in keys),
-                                          renamed, sorted(dtypes))
+        model.load_report = VAELoadReport(
+            path,
+            len(state),
+            sum(k.startswith(ENCODER_PREFIXES) for k in keys),
+            renamed,
+            sorted(dtypes),
+        )
         return model.eval()
 
 
 def _normalise_keys(keys: list[str]) -> tuple[dict[str, str], int]:
     """Map current-style decoder key -> key in the file (old attention names renamed); encoder keys dropped."""
     if any(k.startswith(("decoder.mid.", "decoder.up.")) for k in keys):
-        raise VAECheckpointError("this file uses the original CompVis/LDM key layout (decoder.mid.*, decoder.up.*); "
-                                 "use the diffusers file diffusion_pytorch_model.safetensors of the same VAE")
+        raise VAECheckpointError(
+            "this file uses the original CompVis/LDM key layout (decoder.mid.*, decoder.up.*); "
+            "use the diffusers file diffusion_pytorch_model.safetensors of the same VAE"
+        )
     mapping, renamed = {}, 0
     for key in keys:
         if key.startswith(ENCODER_PREFIXES):
@@ -261,9 +314,15 @@ def _normalise_keys(keys: list[str]) -> tuple[dict[str, str], int]:
     return mapping, renamed
 
 
-def _infer_config(file_keys: dict[str, str], handle, scaling_factor: float, norm_num_groups: int) -> VAEDecoderConfig:
+def _infer_config(
+    file_keys: dict[str, str], handle, scaling_factor: float, norm_num_groups: int
+) -> VAEDecoderConfig:
     """Channels from shapes: latent from post_quant_conv, widths from each up block's last conv, depth from resnets."""
-    required = ("post_quant_conv.weight", "decoder.conv_out.weight", "decoder.up_blocks.0.resnets.0.conv2.weight")
+    required = (
+        "post_quant_conv.weight",
+        "decoder.conv_out.weight",
+        "decoder.up_blocks.0.resnets.0.conv2.weight",
+    )
     missing = [k for k in required if k not in file_keys]
     if missing:
         raise VAECheckpointError(f"not an SD-VAE decoder in diffusers layout: missing {missing}")
@@ -271,16 +330,33 @@ def _infer_config(file_keys: dict[str, str], handle, scaling_factor: float, norm
     def shape(key: str) -> list[int]:
         return list(handle.get_slice(file_keys[key]).get_shape())
 
-    block_indices = {int(m.group(1)) for k in file_keys if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", k))}
-    resnet_indices = {int(m.group(1)) for k in file_keys if (m := re.match(r"decoder\.up_blocks\.0\.resnets\.(\d+)\.", k))}
-    widths = [shape(f"decoder.up_blocks.{i}.resnets.0.conv2.weight")[0] for i in sorted(block_indices)
-              if f"decoder.up_blocks.{i}.resnets.0.conv2.weight" in file_keys]
-    if len(widths) != len(block_indices) or sorted(block_indices) != list(range(len(block_indices))):
-        raise VAECheckpointError(f"decoder up blocks {sorted(block_indices)} are incomplete in this file")
-    return VAEDecoderConfig(latent_channels=shape("post_quant_conv.weight")[0],
-                            out_channels=shape("decoder.conv_out.weight")[0],
-                            block_out_channels=tuple(reversed(widths)), layers_per_block=len(resnet_indices) - 1,
-                            norm_num_groups=norm_num_groups, scaling_factor=scaling_factor)
+    block_indices = {
+        int(m.group(1)) for k in file_keys if (m := re.match(r"decoder\.up_blocks\.(\d+)\.", k))
+    }
+    resnet_indices = {
+        int(m.group(1))
+        for k in file_keys
+        if (m := re.match(r"decoder\.up_blocks\.0\.resnets\.(\d+)\.", k))
+    }
+    widths = [
+        shape(f"decoder.up_blocks.{i}.resnets.0.conv2.weight")[0]
+        for i in sorted(block_indices)
+        if f"decoder.up_blocks.{i}.resnets.0.conv2.weight" in file_keys
+    ]
+    if len(widths) != len(block_indices) or sorted(block_indices) != list(
+        range(len(block_indices))
+    ):
+        raise VAECheckpointError(
+            f"decoder up blocks {sorted(block_indices)} are incomplete in this file"
+        )
+    return VAEDecoderConfig(
+        latent_channels=shape("post_quant_conv.weight")[0],
+        out_channels=shape("decoder.conv_out.weight")[0],
+        block_out_channels=tuple(reversed(widths)),
+        layers_per_block=len(resnet_indices) - 1,
+        norm_num_groups=norm_num_groups,
+        scaling_factor=scaling_factor,
+    )
 
 
 def _audit_keys(path: str, file_keys: dict[str, str], expected: dict[str, tuple], handle) -> None:
@@ -290,9 +366,15 @@ def _audit_keys(path: str, file_keys: dict[str, str], expected: dict[str, tuple]
     mismatched = []
     for key in sorted(set(expected) & set(file_keys)):
         found = tuple(handle.get_slice(file_keys[key]).get_shape())
-        squeezed = found[:2] if len(found) == 4 and found[2:] == (1, 1) and len(expected[key]) == 2 else found
+        squeezed = (
+            found[:2]
+            if len(found) == 4 and found[2:] == (1, 1) and len(expected[key]) == 2
+            else found
+        )
         if squeezed != expected[key]:
             mismatched.append(f"{file_keys[key]}: expected {expected[key]}, found {found}")
     if missing or unexpected or mismatched:
-        raise VAECheckpointError(f"{path!r} does not match the SD-VAE decoder layout: "
-                                 f"missing={missing} unexpected={unexpected} shape_mismatch={mismatched}")
+        raise VAECheckpointError(
+            f"{path!r} does not match the SD-VAE decoder layout: "
+            f"missing={missing} unexpected={unexpected} shape_mismatch={mismatched}"
+        )
