@@ -11,8 +11,16 @@ import torch
 from test_twinflow import F64, TOL, Const, TinyNet, col, golden_inputs
 from test_twinflow_large import golden_large_inputs
 
-from twinflow_min.twinflow import (OptionError, TwinFlowOptions, check_model_fits, enhance_target,
-                                   l2_loss, rcgm_target, sample_training_inputs, twinflow_losses)
+from twinflow_min.twinflow import (
+    OptionError,
+    TwinFlowOptions,
+    check_model_fits,
+    enhance_target,
+    l2_loss,
+    rcgm_target,
+    sample_training_inputs,
+    twinflow_losses,
+)
 from twinflow_min.twinflow_large import ADV, ANY, E2E, MUL, micro_batch_groups
 
 
@@ -22,7 +30,7 @@ def call(model, teacher, inputs, **options):
     return twinflow_losses(model, teacher, x, y, **inputs, **options)
 
 
-# ------------------------------------------------------------------------------- one source of truth
+# ---------- one source of truth ----------
 @pytest.mark.parametrize("option, value, rule", [
     ("delta_t", 0.5, "must lie in (0, 0.5); official 0.01"),
     ("delta_t", True, "must lie in (0, 0.5); official 0.01"),  # a bool is not a number
@@ -69,7 +77,7 @@ def test_prebuilt_options_equal_keywords_and_not_both():
         call(student, teacher, inputs, options=TwinFlowOptions(), enhanced_ratio=0.5)
 
 
-# ------------------------------------------------------------------------- issue 11 item 1: CFG forms
+# ---------- issue 11 item 1: CFG forms ----------
 def test_cfg_target_real_data_and_around_null_scalar_check():
     # v = 1, F_cond = 0.3, F_null = 0.1, w = 4: v + w (F_cond - F_null) = 1.8 (real data);
     # F_null + w (F_cond - F_null) = 0.9 (SRC ema_decay 1 with image-free data)
@@ -98,10 +106,11 @@ def test_rcgm_teacher_is_student_moves_the_rcgm_passes_to_the_student():
         assert teacher.calls == teacher_calls
 
 
-# --------------------------------------------------------------- issue 11 item 4: target precision
+# ---------- issue 11 item 4: target precision ----------
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_rcgm_target_in_half_precision_matches_the_closed_form(dtype):
-    # A model returning the constant c has D = (t_mid - t_tgt) c, so R = c - v exactly on far rows and
+    # A model returning the constant c has D = (t_mid - t_tgt) c, so R = c - v exactly on far rows
+    # and
     # the target is c - clip(c - v, +-1) = 1.25 for c = 1.5, v = 1.25, whatever x_t, t, t_tgt, N.
     # Before the fix (arithmetic in bf16) the error was 0.75; float32 arithmetic on terms up to
     # (t - t_tgt)/Delta c = 150 leaves a few float32 ulps of 150 (1.5e-5 each): tolerance 1e-4.
@@ -116,7 +125,7 @@ def test_rcgm_target_in_half_precision_matches_the_closed_form(dtype):
     assert (target.double() - 1.25).abs().max().item() < 1e-4
 
 
-# --------------------------------------------------------- issue 11 item 5: SRC's official switches
+# ---------- issue 11 item 5: SRC's official switches ----------
 def test_consistency_ratio_zero_turns_rcgm_off_and_below_one_turns_rectify_off():
     inputs, student, teacher = golden_large_inputs(), TinyNet(3, seed=1), TinyNet(3, seed=2)
     full = call(student, teacher, inputs, recipe="large")
@@ -134,7 +143,8 @@ def test_consistency_ratio_zero_turns_rcgm_off_and_below_one_turns_rectify_off()
 
 
 def test_estimate_order_zero_counts_only_mul_and_adv_rows():
-    # SRC flow-matching mode: no RCGM target, the first sum is averaged over the mul and adv rows only
+    # SRC flow-matching mode: no RCGM target, the first sum is averaged over the mul and adv rows
+    # only
     inputs, student = golden_large_inputs(), TinyNet(3, seed=1)
     terms = call(student, student, inputs, recipe="large", estimate_order=0)
     assert set(terms) == {"loss_realvel", "loss_adv", "loss_rectify", "loss"}
@@ -159,7 +169,7 @@ def test_consistency_ratio_shapes_the_large_draws_and_is_refused_by_the_tutorial
         sample_training_inputs(x, torch.Generator(), recipe="large", consistency_ratio=2)
 
 
-# ------------------------------------------------------ issue 11 item 6: groups in turn, tiny batches
+# ---------- issue 11 item 6: groups in turn, tiny batches ----------
 @pytest.mark.parametrize("batch, steps, proportions, expected", [
     (1, 4, (1, 1, 1, 1), [[E2E], [MUL], [ANY], [ADV]]),
     (2, 4, (1, 1, 1, 1), [[E2E, E2E], [MUL, MUL], [ANY, ANY], [ADV, ADV]]),
@@ -195,7 +205,7 @@ def test_large_loss_accepts_micro_batches_with_some_groups_only():
         sample_training_inputs(x, torch.Generator(), recipe="large", accumulation_steps=2)
 
 
-# -------------------------------------------------------- issue 11 item 3: models that cannot fit
+# ---------- issue 11 item 3: models that cannot fit ----------
 def test_check_model_fits_refuses_blind_models_and_unwraps_wrappers():
     blind = SimpleNamespace(config=SimpleNamespace(use_time_sign=False, use_target_time=True))
     no_target = SimpleNamespace(config=SimpleNamespace(use_time_sign=True, use_target_time=False))

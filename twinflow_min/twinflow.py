@@ -1,18 +1,19 @@
 """TwinFlow training losses, tutorial recipe, and the pieces both recipes share.
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 3. L = L_base + L_TwinFlow, where L_base is the RCGM any-step
-loss and L_TwinFlow = L_adv (flow matching on the model's own one-step samples at negative time)
-+ L_rectify (Eq. 9, driven by delta_v = v_fake - v_real of Eq. 7). The derivation, equation by equation,
-is docs/math.md; the time convention is stated once in twinflow_min/transport.py.
+Paper: TwinFlow (arXiv:2512.05150), Sec. 3. L = L_base + L_TwinFlow, where L_base is the RCGM
+any-step loss and L_TwinFlow = L_adv (flow matching on the model's own one-step samples at negative
+time) + L_rectify (Eq. 9, driven by delta_v = v_fake - v_real of Eq. 7). The derivation, equation by
+equation, is docs/math.md; the time convention is stated once in twinflow_min/transport.py.
 
-Faithful to the official tutorial `tutorials/mnist/methodes.py` ("TUT"): `TwinFlow.training_step` and its
-helpers `get_rcgm_target`, `multi_fwd`, `get_refer_predc`, `enhance_target`, `dist_match`, `prepare_inputs`.
-The large-scale recipe (official `src/methodes/twinflow/twinflow.py`, "SRC") is twinflow_large.py, which
-builds on this module and registers itself in `LARGE_RECIPE` when imported.
+Faithful to the official tutorial `tutorials/mnist/methodes.py` ("TUT"): `TwinFlow.training_step`
+and its helpers `get_rcgm_target`, `multi_fwd`, `get_refer_predc`, `enhance_target`, `dist_match`,
+`prepare_inputs`. The large-scale recipe (official `src/methodes/twinflow/twinflow.py`, "SRC") is
+twinflow_large.py, which builds on this module and registers itself in `LARGE_RECIPE` when imported.
 
-Read in this order: `TwinFlowOptions` (every option, its default and its range, once), `tutorial_losses`
-(six numbered blocks in the paper's order), then the pure math it calls: `rcgm_target`, `enhance_target`,
-`rectify_delta_v`. Official behaviours we change are listed in docs/math.md#official-differences.
+Read in this order: `TwinFlowOptions` (every option, its default and its range, once),
+`tutorial_losses` (six numbered blocks in the paper's order), then the pure math it calls:
+`rcgm_target`, `enhance_target`, `rectify_delta_v`. Official behaviours we change are listed in
+docs/math.md#official-differences.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ RECIPE_NAMES = ("tutorial", "large")
 LOSS_TYPES = ("l2", "barron")
 NUM_GROUPS = 4  # row groups of the large recipe (e2e, mul, any, adv)
 
-# recipe="large" is implemented in twinflow_large.py, which builds on this module and fills this table
-# ({"losses": large_recipe_losses, "inputs": sample_large_inputs}) when imported; the package
+# recipe="large" is implemented in twinflow_large.py, which builds on this module and fills this
+# table ({"losses": large_recipe_losses, "inputs": sample_large_inputs}) when imported; the package
 # __init__ imports it, so the table is full whenever twinflow_min is importable.
 LARGE_RECIPE: dict[str, Callable] = {}
 
@@ -53,7 +54,7 @@ def _large_recipe(part: str) -> Callable:
     return LARGE_RECIPE[part]
 
 
-# ================================================================================================ options
+# ---------- options ----------
 class OptionError(ValueError):
     """A TwinFlow option outside its range: str(error) == f"{option} = {value!r} {rule}"."""
 
@@ -82,8 +83,8 @@ def _order_fits(value, options) -> bool:
     return is_int(value) and value >= lowest
 
 
-# option -> (check(value, options), rule): the one place where a range is written. `recipe` comes first
-# because the range of `estimate_order` depends on it.
+# option -> (check(value, options), rule): the one place where a range is written. `recipe` comes
+# first because the range of `estimate_order` depends on it.
 OPTION_RULES: dict[str, tuple[Callable, str]] = {
     "recipe": (lambda v, o: v in RECIPE_NAMES, f"must be one of {RECIPE_NAMES}"),
     "estimate_order": (_order_fits, "must be an integer >= 1 (>= 0 with recipe='large': SRC's "
@@ -111,8 +112,9 @@ OPTION_RULES: dict[str, tuple[Callable, str]] = {
     "frozen_teacher": (lambda v, o: _is_bool(v), "must be True or False"),
 }
 
+# SRC-only options: the tutorial recipe refuses any value but their default
 LARGE_ONLY = ("time_weighting", "dist_match_cof", "enhanced_range", "consistency_ratio",
-              "rcgm_teacher_is_student", "enhance_around_null", "frozen_teacher")  # SRC-only options
+              "rcgm_teacher_is_student", "enhance_around_null", "frozen_teacher")
 
 
 @dataclass(frozen=True)
@@ -120,14 +122,14 @@ class TwinFlowOptions:
     """Options of `twinflow_losses`; defaults reproduce the official tutorial loss (TUT).
 
     Build once per run: `__post_init__` checks every field against `OPTION_RULES` and raises
-    `OptionError` naming the field; the options in `LARGE_ONLY` must keep their default with the tutorial
-    recipe (TUT has none of them). `frozen_teacher=True` is kept for compatibility and means
-    `rcgm_teacher_is_student=True` (SRC's ema_decay_rate == 1 on real data).
+    `OptionError` naming the field; the options in `LARGE_ONLY` must keep their default with the
+    tutorial recipe (TUT has none of them). `frozen_teacher=True` is kept for compatibility and
+    means `rcgm_teacher_is_student=True` (SRC's ema_decay_rate == 1 on real data).
     """
     estimate_order: int = 2  # RCGM N, teacher jumps in the target (docs/math.md#rcgm-target)
     delta_t: float = DELTA_T  # RCGM step Delta
     target_clamp: float = TARGET_CLAMP  # clip of the RCGM residual
-    enhanced_ratio: float = 0.0  # CFG weight w baked into v~ (TUT class default 0; MNIST main.py 0.5)
+    enhanced_ratio: float = 0.0  # CFG weight w in v~ (TUT class default 0; MNIST main.py 0.5)
     adversarial_enabled: bool = True  # the fake (twin) branch; False: L_base + real velocity only
     adversarial_weight: float = 1.0
     rectify_weight: float = 1.0
@@ -142,7 +144,7 @@ class TwinFlowOptions:
     rectify_clip: float | None = None  # None: tutorial no clip, large 1.0 (SRC)
     enhanced_range: tuple[float, float] = (0.0, 1.0)  # large: CFG only where lo < t < hi (SRC)
     consistency_ratio: float = 1.0  # large: SRC consistc_ratio (0: no RCGM; != 1: no rectify)
-    rcgm_teacher_is_student: bool = False  # large: SRC ema_decay_rate == 1, RCGM passes use the student
+    rcgm_teacher_is_student: bool = False  # large: RCGM passes use the student (SRC decay 1)
     enhance_around_null: bool = False  # large: v~ = F_null + w (F_cond - F_null) (SRC decay 1 form)
     frozen_teacher: bool = False  # compatibility keyword: sets rcgm_teacher_is_student
 
@@ -168,7 +170,8 @@ class TwinFlowOptions:
         valid = [field.name for field in dataclasses.fields(cls)]
         unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise TypeError(f"unknown TwinFlow option(s) {unknown}; valid options: {', '.join(valid)}")
+            raise TypeError(f"unknown TwinFlow option(s) {unknown}; valid options: "
+                            f"{', '.join(valid)}")
         return cls(**options)
 
 
@@ -178,12 +181,14 @@ def uses_rcgm_target(options: TwinFlowOptions) -> bool:
 
 
 def check_model_fits(model, options: TwinFlowOptions) -> None:
-    """Raise ValueError (one line, naming the fix) when `model` cannot represent what `options` train.
+    """Raise ValueError (one line, naming the fix) when `model` cannot represent what `options`
+    train.
 
     (a) the adversarial branch needs a model that sees the sign of t: without it F(x, -t, -t) equals
     F(x, t, t), loss_rectify is exactly 0 and L_adv pulls the real branch toward the fake target;
     (b) an RCGM target needs the target-time embedding, else F cannot depend on t_tgt.
-    Models without `.config` (test doubles, plain functions) pass; DDP / torch.compile wrappers are unwrapped.
+    Models without `.config` (test doubles, plain functions) pass; DDP / torch.compile wrappers are
+    unwrapped.
     """
     for wrapper in ("module", "_orig_mod"):
         model = getattr(model, wrapper, model)
@@ -191,22 +196,24 @@ def check_model_fits(model, options: TwinFlowOptions) -> None:
     if config is None:
         return
     if options.adversarial_enabled and getattr(config, "use_time_sign", True) is False:
-        raise ValueError("the adversarial (twin) branch needs a model that sees the sign of t, but this "
-                         "model has use_time_sign=False: build it with use_time_sign=True or set "
-                         "adversarial_enabled=False (twinflow_adversarial_enabled false)")
+        raise ValueError("the adversarial (twin) branch needs a model that sees the sign of t, "
+                         "but this model has use_time_sign=False: build it with "
+                         "use_time_sign=True or set adversarial_enabled=False "
+                         "(twinflow_adversarial_enabled false)")
     if uses_rcgm_target(options) and getattr(config, "use_target_time", True) is False:
         raise ValueError("RCGM targets need F(x_t, t, t_tgt) for t_tgt != t, but this model has "
-                         "use_target_time=False: build it with use_target_time=True, or train plain flow "
-                         "matching (twinflow_enabled false)")
+                         "use_target_time=False: build it with use_target_time=True, or train "
+                         "plain flow matching (twinflow_enabled false)")
 
 
-# ====================================================================================== per-sample losses
+# ---------- per-sample losses ----------
 def l2_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Per-sample mean squared error (B,), computed in >= float32, cast back (TUT/SRC `l2_loss`).
 
     docs/math.md#per-sample-losses."""
     dtype = torch.promote_types(pred.dtype, MIN_MATH_DTYPE)
-    return (pred.to(dtype) - target.to(dtype)).square().flatten(1).mean(dim=1).to(pred.dtype)  # (B,)
+    squared = (pred.to(dtype) - target.to(dtype)).square()  # (B, ...)
+    return squared.flatten(1).mean(dim=1).to(pred.dtype)  # (B,)
 
 
 def barron_loss(pred: Tensor, target: Tensor, alpha: float = 1.0, c: float = 1e-3) -> Tensor:
@@ -231,7 +238,7 @@ def per_sample_loss(pred: Tensor, target: Tensor, options: TwinFlowOptions) -> T
     return l2_loss(pred, target)
 
 
-# ============================================================================== checks at the door
+# ---------- checks at the door ----------
 def check_batch(x) -> None:
     """x must be a float tensor (B, ...) with B >= 1."""
     if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] < 1 or not x.is_floating_point():
@@ -269,9 +276,9 @@ def check_cfg_labels(options: TwinFlowOptions, y, y_null) -> None:
     if options.enhanced_ratio == 0:
         return
     if y is None or y_null is None:
-        raise ValueError(f"enhanced_ratio={options.enhanced_ratio} needs class labels y and null labels "
-                         f"y_null (the CFG branch); an unconditional model has no CFG branch: set "
-                         f"enhanced_ratio=0")
+        raise ValueError(f"enhanced_ratio={options.enhanced_ratio} needs class labels y and null "
+                         "labels y_null (the CFG branch); an unconditional model has no CFG "
+                         "branch: set enhanced_ratio=0")
 
 
 def _check_tutorial_inputs(x, y, *, z, t, t_tgt, z_rect, s_rect, y_null, groups, z_fake,
@@ -288,16 +295,16 @@ def _check_tutorial_inputs(x, y, *, z, t, t_tgt, z_rect, s_rect, y_null, groups,
     check_labels(batch, y=y, y_null=y_null)
     check_cfg_labels(options, y, y_null)
     if bool((t_tgt < 0).any()):
-        raise ValueError("t_tgt must lie in [0, 1]: the tutorial's base rows live on the real trajectory "
-                         "(0 <= t_tgt <= t); draw them with sample_training_inputs")
+        raise ValueError("t_tgt must lie in [0, 1]: the tutorial's base rows live on the real "
+                         "trajectory (0 <= t_tgt <= t); draw them with sample_training_inputs")
     if bool((s_rect < 0).any()):
         raise ValueError("s_rect must lie in [0, 1]; draw it with sample_training_inputs")
     if bool((t_tgt > t).any()):
-        raise ValueError("the RCGM target lives on the real trajectory: it needs 0 <= t_tgt <= t for "
-                         "every row")
+        raise ValueError("the RCGM target lives on the real trajectory: it needs 0 <= t_tgt <= t "
+                         "for every row")
 
 
-# =================================================================================== shared pure math
+# ---------- shared pure math ----------
 def rcgm_target(teacher, x_t: Tensor, t: Tensor, t_tgt: Tensor, F: Tensor, v_target: Tensor,
                 y: Tensor | None = None, *, order: int = 2, delta_t: float = DELTA_T,
                 clamp: float = TARGET_CLAMP, rng_state=None) -> Tensor:
@@ -305,13 +312,13 @@ def rcgm_target(teacher, x_t: Tensor, t: Tensor, t_tgt: Tensor, F: Tensor, v_tar
 
     docs/math.md#rcgm-target (TUT `get_rcgm_target` + `multi_fwd`, SRC the same). Shapes: x_t, F,
     v_target (B, ...); t, t_tgt (B,) with 0 <= t_tgt <= t (checked by the callers' doors).
-    t_mid = max(t - Delta, t_tgt), y_0 = x_t - Delta v; N = `order` teacher jumps on the uniform grid s_i
-    from t_mid to t_tgt give D = sum_i (s_i - s_{i+1}) F^-(y_i, s_i, s_{i+1}); then
-    R = (t - t_tgt)/Delta F - D/Delta - v, or R = F - v on near rows t < t_tgt + Delta (D = 0 there; the
-    official form is NaN at t == t_tgt, we return its limit). Teacher passes run under no_grad, each
-    replaying `rng_state` (docs/math.md#rng-replay), and are skipped only when every row is near.
-    The arithmetic runs in at least float32 and the target is returned in that dtype (float32 for
-    bf16 / fp16 inputs): the residual cancels two terms about 1/Delta times larger than itself.
+    t_mid = max(t - Delta, t_tgt), y_0 = x_t - Delta v; N = `order` teacher jumps on the uniform
+    grid s_i from t_mid to t_tgt give D = sum_i (s_i - s_{i+1}) F^-(y_i, s_i, s_{i+1}); then
+    R = (t - t_tgt)/Delta F - D/Delta - v, or R = F - v on near rows t < t_tgt + Delta (D = 0 there;
+    the official form is NaN at t == t_tgt, we return its limit). Teacher passes run under no_grad,
+    each replaying `rng_state` (docs/math.md#rng-replay), and are skipped only when every row is
+    near. The arithmetic runs in at least float32 and the target is returned in that dtype (float32
+    for bf16 / fp16 inputs): the residual cancels two terms about 1/Delta times larger than itself.
     """
     assert F.shape == x_t.shape and v_target.shape == x_t.shape, "F and v_target must match x_t"
     dtype = torch.promote_types(x_t.dtype, MIN_MATH_DTYPE)
@@ -322,19 +329,21 @@ def rcgm_target(teacher, x_t: Tensor, t: Tensor, t_tgt: Tensor, F: Tensor, v_tar
         displacement = torch.zeros_like(F)  # (B, ...) D
         if not bool(near.all()):
             t_mid = torch.maximum(t - delta_t, t_tgt)  # (B,) official `t_m`
-            y_i = x_t.to(dtype) - delta_t * v_target  # (B, ...) one exact conditional step of length Delta
+            y_i = x_t.to(dtype) - delta_t * v_target  # (B, ...) one exact step of length Delta
             for i in range(order):
                 # s_i = t_mid (1 - i/N) + t_tgt (i/N)   (official `multi_fwd` grid)
                 s_i = t_mid * (1 - i / order) + t_tgt * (i / order)  # (B,)
                 s_next = t_mid * (1 - (i + 1) / order) + t_tgt * ((i + 1) / order)  # (B,)
                 with replay_rng_state(rng_state):
-                    F_teacher = teacher(y_i.to(x_t.dtype), s_i.to(x_t.dtype), s_next.to(x_t.dtype), y)
+                    inputs = (y_i.to(x_t.dtype), s_i.to(x_t.dtype), s_next.to(x_t.dtype))
+                    F_teacher = teacher(*inputs, y)
                 F_teacher = F_teacher.to(dtype)  # (B, ...)
                 step = expand_time(s_i - s_next, F)  # (B, 1, ...)
                 displacement = displacement + step * F_teacher
                 y_i = y_i - step * F_teacher  # any-step jump to s_{i+1}
         gap = expand_time(t - t_tgt, F)  # (B, 1, ...)
-        # R = cof_l F - cof_r D - v with cof_l = (t - t_tgt)/Delta, cof_r = 1/Delta (far) | R = F - v (near)
+        # R = cof_l F - cof_r D - v with cof_l = (t - t_tgt)/Delta, cof_r = 1/Delta (far) | R = F -
+        # v (near)
         near_rows = near.reshape(-1, *([1] * (F.dim() - 1)))  # (B, 1, ...)
         residual = torch.where(near_rows, F - v_target,
                                gap / delta_t * F - displacement / delta_t - v_target)  # (B, ...)
@@ -346,10 +355,11 @@ def enhance_target(teacher, x_t: Tensor, t: Tensor, v_target: Tensor, y, y_null,
     """CFG-enhanced target v~ = v + w (F^-(x_t, t, t | y) - F^-(x_t, t, t | y_null)), w = `ratio`.
 
     docs/math.md#cfg-target (TUT `get_refer_predc` + `enhance_target`; SRC the same). Shapes: x_t,
-    v_target (B, ...); t, y, y_null (B,). Two teacher passes under no_grad, each replaying `rng_state` so
-    they differ only by the class; ratio 0 returns `v_target` without a teacher pass. around_null=True
-    gives SRC's frozen-teacher form F^-_null + w (F^-_y - F^-_null). Computed in at least float32 and
-    returned in that dtype. TUT's "unconditional" labels were a shuffled batch; we take `y_null`.
+    v_target (B, ...); t, y, y_null (B,). Two teacher passes under no_grad, each replaying
+    `rng_state` so they differ only by the class; ratio 0 returns `v_target` without a teacher pass.
+    around_null=True gives SRC's frozen-teacher form F^-_null + w (F^-_y - F^-_null). Computed in at
+    least float32 and returned in that dtype. TUT's "unconditional" labels were a shuffled batch; we
+    take `y_null`.
     """
     if ratio == 0:
         return v_target
@@ -368,8 +378,8 @@ def rectify_delta_v(model, x_fake: Tensor, y, *, z: Tensor, s: Tensor,
     """delta_v = F(y_s, -s, -s) - F(y_s, s, s) at y_s = s z + (1 - s) x_fake: paper Eq. 7, no grad.
 
     docs/math.md#rectify-loss (TUT `dist_match`; SRC also clips to +-1 in float32: pass clip=1.0).
-    Shapes: x_fake, z (B, ...), s (B,) in [0, 1]. Both passes use the current student, as one batched
-    call (rows are independent). Returned in at least float32.
+    Shapes: x_fake, z (B, ...), s (B,) in [0, 1]. Both passes use the current student, as one
+    batched call (rows are independent). Returned in at least float32.
     """
     with torch.no_grad():
         y_s = interpolate(x_fake.detach(), z, s)  # (B, ...) s z + (1 - s) x_fake
@@ -382,7 +392,8 @@ def rectify_delta_v(model, x_fake: Tensor, y, *, z: Tensor, s: Tensor,
 
 
 def one_step_sample(z: Tensor, F_one_step: Tensor) -> Tensor:
-    """sg(x_fake) = sg(z - F(z, 1, 0)): the one-step generator's sample (docs/math.md#one-step-generator)."""
+    """sg(x_fake) = sg(z - F(z, 1, 0)): the one-step generator's sample
+    (docs/math.md#one-step-generator)."""
     return (z - F_one_step).detach()  # (B, ...) = invert(z, F, 1)[0]
 
 
@@ -396,22 +407,25 @@ def forward_rows(model, rows: dict[str, tuple]) -> dict[str, Tensor]:
     return dict(zip(rows, output.split([x.shape[0] for x in xs])))
 
 
-# ========================================================================= the loss: both recipes
+# ---------- the loss: both recipes ----------
 def twinflow_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt: Tensor,
                     z_rect: Tensor, s_rect: Tensor, y_null=None, groups=None, z_fake=None,
                     options: TwinFlowOptions | None = None, **keywords) -> dict[str, Tensor]:
-    """Named, unweighted TwinFlow loss terms plus "loss" = their weighted sum (what training backpropagates).
+    """Named, unweighted TwinFlow loss terms plus "loss" = their weighted sum (what training
+    backpropagates).
 
     Pass either a prebuilt `options` (train.py builds one per run) or option keywords (see
-    `TwinFlowOptions`; an unknown keyword is a TypeError, a bad value an OptionError). Shapes: x, z, z_rect
-    (B, ...); t, t_tgt, s_rect (B,); y, y_null None or LongTensor (B,). recipe="tutorial": see
-    `tutorial_losses`; recipe="large": twinflow_large.large_recipe_losses (needs `groups` and `z_fake`).
-    Raises ValueError for a model that cannot represent the options (`check_model_fits`) or bad inputs.
+    `TwinFlowOptions`; an unknown keyword is a TypeError, a bad value an OptionError). Shapes: x, z,
+    z_rect (B, ...); t, t_tgt, s_rect (B,); y, y_null None or LongTensor (B,). recipe="tutorial":
+    see `tutorial_losses`; recipe="large": twinflow_large.large_recipe_losses (needs `groups` and
+    `z_fake`). Raises ValueError for a model that cannot represent the options (`check_model_fits`)
+    or bad inputs.
     """
     if options is None:
         options = TwinFlowOptions.from_keywords(**keywords)
     elif keywords:
-        raise TypeError(f"pass either options= or option keywords, not both (got {sorted(keywords)})")
+        raise TypeError("pass either options= or option keywords, not both (got "
+                        f"{sorted(keywords)})")
     check_model_fits(model, options)
     if options.recipe == "large":
         return _large_recipe("losses")(model, teacher, x, y, z=z, t=t, t_tgt=t_tgt, groups=groups,
@@ -425,7 +439,8 @@ def twinflow_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt
 
 def tutorial_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt: Tensor,
                     z_rect: Tensor, s_rect: Tensor, y_null, options: TwinFlowOptions) -> dict:
-    """The official tutorial loss (TUT `TwinFlow.training_step`) for the given draws, in paper order.
+    """The official tutorial loss (TUT `TwinFlow.training_step`) for the given draws, in paper
+    order.
 
     Inputs are trusted (checked by `twinflow_losses`). Each numbered block adds one named term:
     loss = loss_base + realvel_weight loss_realvel + adversarial_weight loss_adv
@@ -437,11 +452,13 @@ def tutorial_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt
     twin_branch = twin_branch_on(options)
 
     # 0. v~, the velocity target with CFG baked in (docs/math.md#cfg-target; TUT `enhance_target`).
-    #    The teacher passes replay the RNG state of the student pass below (docs/math.md#rng-replay).
+    #    The teacher passes replay the RNG state of the student pass below
+    # (docs/math.md#rng-replay).
     rng_state = capture_rng_state(x.device)
     v_tilde = enhance_target(teacher, x_t, t, v, y, y_null, options.enhanced_ratio,
                              rng_state=rng_state)  # (B, ...)
-    # Every student output and RCGM target the blocks read, batched into few calls (`tutorial_passes`)
+    # Every student output and RCGM target the blocks read, batched into few calls
+    # (`tutorial_passes`)
     F, rcgm = tutorial_passes(model, teacher, x_t, t, t_tgt, z, y, v_tilde, rng_state, options)
 
     # 1. L_base: any-step RCGM loss on (x_t, t -> t_tgt)  (paper Sec. 3; docs/math.md#rcgm-target;
@@ -464,8 +481,8 @@ def tutorial_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt
     if options.adversarial_weight > 0:
         terms["loss_adv"] = per_sample_loss(F["adv"], velocity_target(x_fake, z), options).mean()
 
-    # 5. L_rectify (paper Eq. 9): ell(F_fake, sg(F_fake - delta_v)), delta_v = v_fake - v_real (Eq. 7)
-    #    at y_s = s z' + (1 - s) sg(x_fake)  (docs/math.md#rectify-loss; TUT `dist_match`)
+    # 5. L_rectify (paper Eq. 9): ell(F_fake, sg(F_fake - delta_v)), delta_v = v_fake - v_real (Eq.
+    # 7)    at y_s = s z' + (1 - s) sg(x_fake)  (docs/math.md#rectify-loss; TUT `dist_match`)
     if options.rectify_weight > 0:
         delta_v = rectify_delta_v(model, x_fake, y, z=z_rect, s=s_rect, clip=options.rectify_clip)
         target_rectify = (F["fake"] - delta_v).detach()  # (B, ...)
@@ -489,10 +506,10 @@ def tutorial_passes(model, teacher, x_t, t, t_tgt, z, y, v_tilde, rng_state, opt
 
     Rows are independent, so batching changes no value, only the number of calls (TUT makes one call
     per term). Call 1 holds the rows that get an RCGM target: "base" (x_t, t, t_tgt) and, with the
-    consistency term on, "fake" (z, 1, 0); one `rcgm_target` call serves both, so its teacher passes see
-    exactly the rows of the student call whose RNG state they replay. Call 2 holds "realvel" (x_t, t, t)
-    and "adv" (x_fake_t, -t, -t), x_fake_t = t z + (1 - t) sg(x_fake); when call 1 had no "fake" rows,
-    they lead call 2 and the adv rows follow in a call of their own.
+    consistency term on, "fake" (z, 1, 0); one `rcgm_target` call serves both, so its teacher passes
+    see exactly the rows of the student call whose RNG state they replay. Call 2 holds "realvel"
+    (x_t, t, t) and "adv" (x_fake_t, -t, -t), x_fake_t = t z + (1 - t) sg(x_fake); when call 1 had
+    no "fake" rows, they lead call 2 and the adv rows follow in a call of their own.
     """
     batch, ones, zeros = t.shape[0], torch.ones_like(t), torch.zeros_like(t)  # (B,)
     twin_branch = twin_branch_on(options)
@@ -526,11 +543,13 @@ def _weighted_sum(terms: dict, options: TwinFlowOptions) -> dict:
     return terms
 
 
-# ================================================================================== plain flow matching
+# ---------- plain flow matching ----------
 def flow_matching_loss(model, x: Tensor, y, *, z: Tensor, t: Tensor) -> dict[str, Tensor]:
-    """Plain flow matching {"loss_fm", "loss"} = mean ell2(F(x_t, t, t), z - x), when TwinFlow is off.
+    """Plain flow matching {"loss_fm", "loss"} = mean ell2(F(x_t, t, t), z - x), when TwinFlow is
+    off.
 
-    Shapes: x, z (B, ...); t (B,) in [0, 1]; y None or LongTensor (B,). docs/math.md#real-velocity."""
+    Shapes: x, z (B, ...); t (B,) in [0, 1]; y None or LongTensor (B,).
+    docs/math.md#real-velocity."""
     check_batch(x)
     check_like("z", z, x.shape)
     check_times(x.shape[0], t=t)
@@ -547,9 +566,11 @@ def image_free_batch(model, z: Tensor, y) -> Tensor:
         return invert(z, model(z, ones, torch.zeros_like(ones), y), ones)[0].detach()  # (B, ...)
 
 
-# ===================================================================================== input sampling
-def _sample_gamma(concentration: float, n: int, generator: torch.Generator, device, dtype) -> Tensor:
-    """Gamma(concentration, 1) by Marsaglia & Tsang (2000) rejection; randomness from `generator` only."""
+# ---------- input sampling ----------
+def _sample_gamma(concentration: float, n: int, generator: torch.Generator, device,
+                  dtype) -> Tensor:
+    """Gamma(concentration, 1) by Marsaglia & Tsang (2000) rejection; randomness from `generator`
+    only."""
     boost = concentration < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a) for a < 1
     a = concentration + 1 if boost else concentration
     d = a - 1.0 / 3.0
@@ -578,7 +599,8 @@ def sample_beta(concentration1: float, concentration0: float, n: int, generator:
 
     Beta(1, 1) is drawn as U(0, 1) directly; otherwise Beta = G_a / (G_a + G_b)."""
     if not (concentration1 > 0 and concentration0 > 0):
-        raise ValueError(f"Beta concentrations must be > 0, got ({concentration1}, {concentration0})")
+        raise ValueError(f"Beta concentrations must be > 0, got ({concentration1}, "
+                         f"{concentration0})")
     if concentration1 == 1 and concentration0 == 1:
         return torch.rand(n, generator=generator, device=device, dtype=dtype)  # (n,)
     gamma_a = _sample_gamma(concentration1, n, generator, device, dtype)
@@ -597,7 +619,8 @@ def _is_time_dist(time_dist) -> bool:
 
 def sample_time(n: int, time_dist, generator: torch.Generator, device=None,
                 dtype=torch.float32) -> Tensor:
-    """t = clamp(Beta(a, b), 0, 1) * scale, time_dist = (a, b, scale)  (SRC; (1, 1, 1) = U(0, 1))."""
+    """t = clamp(Beta(a, b), 0, 1) * scale, time_dist = (a, b, scale)  (SRC; (1, 1, 1) = U(0,
+    1))."""
     if not _is_time_dist(time_dist):
         raise ValueError(f"time_dist must be (a, b, scale) with a, b > 0 and 0 < scale <= 1 "
                          f"(SRC time_dist_ctrl), got {time_dist!r}")
@@ -611,8 +634,8 @@ def _check_sampler_inputs(x, generator, recipe, consistency_ratio, accumulation_
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     check_batch(x)
     if generator.device.type != x.device.type:
-        raise ValueError(f"the generator lives on {generator.device} but x on {x.device}; create it "
-                         f"with torch.Generator(device=x.device)")
+        raise ValueError(f"the generator lives on {generator.device} but x on {x.device}; create "
+                         "it with torch.Generator(device=x.device)")
     if recipe not in RECIPE_NAMES:
         raise ValueError(f"recipe must be one of {RECIPE_NAMES}, got {recipe!r}")
     rule = OPTION_RULES["consistency_ratio"]
@@ -629,13 +652,15 @@ def sample_training_inputs(x: Tensor, generator: torch.Generator, *, recipe: str
                            group_proportions=(1, 1, 1, 1), time_dist=(1.0, 1.0, 1.0),
                            consistency_ratio: float = 1.0, accumulation_index: int = 0,
                            accumulation_steps: int = 1) -> dict[str, Tensor]:
-    """Every random input of `twinflow_losses` (its keyword names: pass as `**inputs`), from `generator`.
+    """Every random input of `twinflow_losses` (its keyword names: pass as `**inputs`), from
+    `generator`.
 
     tutorial (TUT `prepare_inputs`, `dist_match`): z, z_rect ~ N(0, I) (B, ...); t ~ U(0, 1)
     (Beta(time_dist) * scale), t_tgt ~ U(0, t), s_rect ~ U(0, 1), each (B,). TUT has no group or
-    consistency-ratio switch, so group_proportions and consistency_ratio must keep their defaults there.
-    large: twinflow_large.sample_large_inputs, which also uses the accumulation position (micro-batch
-    `accumulation_index` of `accumulation_steps`) when the micro-batch is smaller than the row groups.
+    consistency-ratio switch, so group_proportions and consistency_ratio must keep their defaults
+    there. large: twinflow_large.sample_large_inputs, which also uses the accumulation position
+    (micro-batch `accumulation_index` of `accumulation_steps`) when the micro-batch is smaller than
+    the row groups.
     """
     _check_sampler_inputs(x, generator, recipe, consistency_ratio, accumulation_index,
                           accumulation_steps)
@@ -645,8 +670,9 @@ def sample_training_inputs(x: Tensor, generator: torch.Generator, *, recipe: str
                                       accumulation_index=accumulation_index,
                                       accumulation_steps=accumulation_steps)
     if tuple(group_proportions) != (1, 1, 1, 1) or consistency_ratio != 1:
-        raise ValueError("group_proportions and consistency_ratio only apply to recipe='large' (the "
-                         "tutorial trains every term on every row); reset them or use recipe='large'")
+        raise ValueError("group_proportions and consistency_ratio only apply to recipe='large' "
+                         "(the tutorial trains every term on every row); reset them or use "
+                         "recipe='large'")
     batch, draw = x.shape[0], dict(generator=generator, device=x.device, dtype=x.dtype)
     t = sample_time(batch, time_dist, generator, x.device, x.dtype)  # (B,)
     t_tgt = t - torch.rand(batch, **draw) * consistency_ratio * t  # (B,) U(0, t)

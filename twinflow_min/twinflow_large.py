@@ -1,21 +1,22 @@
 """TwinFlow's large-scale recipe: one batch split into e2e / mul / any / adv row groups.
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 3.3 (practical mixed loss) and the released large-model recipe;
-derivation in docs/math.md#large-recipe, time convention in twinflow_min/transport.py. Faithful to the
-official `src/methodes/twinflow/twinflow.py` ("SRC"): `prepare_inputs`, `training_step`, `dist_match`,
-`l2_loss` / `barron_reweighting_loss` and the per-row tan time weight. Builds on twinflow.py (options,
-RCGM target, CFG target, delta_v, per-sample losses) and registers itself there as recipe="large".
+Paper: TwinFlow (arXiv:2512.05150), Sec. 3.3 (practical mixed loss) and the released large-model
+recipe; derivation in docs/math.md#large-recipe, time convention in twinflow_min/transport.py.
+Faithful to the official `src/methodes/twinflow/twinflow.py` ("SRC"): `prepare_inputs`,
+`training_step`, `dist_match`, `l2_loss` / `barron_reweighting_loss` and the per-row tan time
+weight. Builds on twinflow.py (options, RCGM target, CFG target, delta_v, per-sample losses) and
+registers itself there as recipe="large".
 
 Row groups (contiguous, in this order; SRC `probs = {"e2e": 1, "mul": 1, "any": 1, "adv": 1}`):
-    e2e  t = 1, t_tgt = 0        one-step rows: RCGM target, and the rectify loss on their F(z, 1, 0)
-    mul  t_tgt in [0.95 t, t]    near-diagonal rows: mostly clipped flow matching (the real velocity)
-    any  t_tgt ~ U(0, t)         any-step RCGM rows
+    e2e  t = 1, t_tgt = 0        one-step rows: RCGM target, and the rectify loss on their F(z, 1,
+    0) mul  t_tgt in [0.95 t, t]    near-diagonal rows: mostly clipped flow matching (the real
+    velocity) any  t_tgt ~ U(0, t)         any-step RCGM rows
     adv  t = t_tgt = -t0 < 0     fake-branch rows: x = z_fake - F(z_fake, 1, 0) (no grad), fresh z,
                                  target z - x_fake, time weight 1, no CFG, no RCGM
 SRC loss = (1/B) sum_b omega_b ell_b + dist_match_cof mean_{e2e} ell(F, sg(F - clip(delta_v, +-1))).
 Named terms, each group's share of the first sum (with unit weights they add up to it exactly):
-    loss_consistency = (1/B) sum_{e2e},  loss_realvel = (1/B) sum_{mul},  loss_base = (1/B) sum_{any},
-    loss_adv = (1/B) sum_{adv},  loss_rectify = mean_{e2e} ell(F, sg(F - clip(delta_v))).
+    loss_consistency = (1/B) sum_{e2e},  loss_realvel = (1/B) sum_{mul},  loss_base = (1/B)
+    sum_{any}, loss_adv = (1/B) sum_{adv},  loss_rectify = mean_{e2e} ell(F, sg(F - clip(delta_v))).
 loss = consistency_weight loss_consistency + realvel_weight loss_realvel + loss_base
        + adversarial_weight loss_adv + rectify_weight dist_match_cof loss_rectify.
 SRC's loss is Barron with the time weight always on: pass loss_type="barron", time_weighting=True.
@@ -31,11 +32,24 @@ from torch import Tensor
 from twinflow_min.checks import is_real
 from twinflow_min.rng import capture_rng_state
 from twinflow_min.transport import interpolate, invert, velocity_target
-from twinflow_min.twinflow import (LARGE_RECIPE, NUM_GROUPS, TwinFlowOptions,  # noqa: F401
-                                   barron_loss, check_cfg_labels, check_labels, check_like,
-                                   check_times, enhance_target, l2_loss, per_sample_loss,
-                                   rcgm_target, rectify_delta_v, sample_beta, sample_time,
-                                   uses_rcgm_target)
+from twinflow_min.twinflow import (  # noqa: F401
+    LARGE_RECIPE,
+    NUM_GROUPS,
+    TwinFlowOptions,
+    barron_loss,
+    check_cfg_labels,
+    check_labels,
+    check_like,
+    check_times,
+    enhance_target,
+    l2_loss,
+    per_sample_loss,
+    rcgm_target,
+    rectify_delta_v,
+    sample_beta,
+    sample_time,
+    uses_rcgm_target,
+)
 
 E2E, MUL, ANY, ADV = 0, 1, 2, 3  # row-group ids, SRC `probs` key order
 GROUP_NAMES = ("e2e", "mul", "any", "adv")
@@ -45,13 +59,13 @@ SRC_RECTIFY_CLIP = 1.0  # SRC dist_match: `F_grad.to(float32).clamp(min=-1.0, ma
 TERM_OF_GROUP = {E2E: "loss_consistency", MUL: "loss_realvel", ANY: "loss_base", ADV: "loss_adv"}
 
 
-# ==================================================================================== batch partition
+# ---------- batch partition ----------
 def _check_proportions(batch_size: int, proportions) -> list[float]:
     values = list(proportions) if isinstance(proportions, (list, tuple)) else []
     valid = len(values) == NUM_GROUPS and all(is_real(p) and p >= 0 for p in values)
     if not valid or sum(values) <= 0:
-        raise ValueError(f"group proportions must be 4 non-negative numbers for {GROUP_NAMES} with a "
-                         f"positive sum, got {proportions!r}")
+        raise ValueError(f"group proportions must be 4 non-negative numbers for {GROUP_NAMES} "
+                         f"with a positive sum, got {proportions!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return [float(p) for p in values]
@@ -71,9 +85,10 @@ def reference_partition(batch_size: int, proportions=(1, 1, 1, 1)) -> list[int]:
 def partition_batch(batch_size: int, proportions=(1, 1, 1, 1)) -> list[int]:
     """Rows per group (e2e, mul, any, adv) by the largest-remainder method (fix of B8).
 
-    Quotas q_k = B p_k / sum p get their floors, the leftover rows go to the largest fractional parts
-    (ties: the earlier group). Then every group with p_k > 0 and no row takes one from the group with the
-    largest surplus over its quota, so all positive groups get >= 1 row whenever B >= their number.
+    Quotas q_k = B p_k / sum p get their floors, the leftover rows go to the largest fractional
+    parts (ties: the earlier group). Then every group with p_k > 0 and no row takes one from the
+    group with the largest surplus over its quota, so all positive groups get >= 1 row whenever B >=
+    their number.
     """
     values = _check_proportions(batch_size, proportions)
     quotas = [batch_size * p / sum(values) for p in values]
@@ -83,9 +98,9 @@ def partition_batch(batch_size: int, proportions=(1, 1, 1, 1)) -> list[int]:
         lengths[k] += 1
     positive = [k for k, p in enumerate(values) if p > 0]
     if batch_size < len(positive):
-        raise ValueError(f"batch_size {batch_size} is smaller than the {len(positive)} row groups with a "
-                         f"positive proportion {proportions!r}: raise the batch size or zero some "
-                         f"proportions")
+        raise ValueError(f"batch_size {batch_size} is smaller than the {len(positive)} row groups "
+                         f"with a positive proportion {proportions!r}: raise the batch size or "
+                         "zero some proportions")
     for k in positive:
         if lengths[k] == 0:
             donors = [j for j in range(len(lengths)) if lengths[j] > 1]
@@ -99,9 +114,9 @@ def micro_batch_groups(batch_size: int, proportions, accumulation_index: int = 0
                        accumulation_steps: int = 1) -> list[int]:
     """The group id of each row of one micro-batch (docs/math.md#large-recipe).
 
-    When the micro-batch B has at least as many rows as there are groups with a positive proportion, it
-    is partitioned on its own (`partition_batch`). Otherwise the B * accumulation_steps rows of one
-    optimizer step are partitioned, laid out in group order, and micro-batch k takes rows
+    When the micro-batch B has at least as many rows as there are groups with a positive proportion,
+    it is partitioned on its own (`partition_batch`). Otherwise the B * accumulation_steps rows of
+    one optimizer step are partitioned, laid out in group order, and micro-batch k takes rows
     [k B, (k + 1) B): every optimizer step sees every group in its proportion (e.g. B = 1 with 4
     accumulation steps: e2e, mul, any, adv, one row each).
     """
@@ -112,22 +127,23 @@ def micro_batch_groups(batch_size: int, proportions, accumulation_index: int = 0
         return [k for k, n in enumerate(lengths) for _ in range(n)]
     rows = batch_size * accumulation_steps
     if rows < positive:
-        raise ValueError(f"a micro-batch of {batch_size} row(s) x {accumulation_steps} accumulation "
-                         f"step(s) = {rows} row(s) per optimizer step, fewer than the {positive} row "
-                         f"groups with a positive proportion {proportions!r}: raise the batch size or "
-                         f"the gradient accumulation steps, or zero some proportions")
+        raise ValueError(f"a micro-batch of {batch_size} row(s) x {accumulation_steps} "
+                         f"accumulation step(s) = {rows} row(s) per optimizer step, fewer than "
+                         f"the {positive} row groups with a positive proportion {proportions!r}: "
+                         "raise the batch size or the gradient accumulation steps, or zero some "
+                         "proportions")
     lengths = partition_batch(rows, proportions)
     step_groups = [k for k, n in enumerate(lengths) for _ in range(n)]
     start = accumulation_index * batch_size
     return step_groups[start: start + batch_size]
 
 
-# ===================================================================================== time sampling
+# ---------- time sampling ----------
 def tan_time_weight(t: Tensor, t_tgt: Tensor) -> Tensor:
     """omega(t, t_tgt) = tan((1 - (|t| - |t_tgt|)) pi / 2.5) + 1 in [1, 4.0777]  (SRC).
 
-    1 for the one-step pair (1, 0), 4.0777 on the diagonal; `large_recipe_losses` forces 1 on adv rows.
-    docs/math.md#per-sample-losses.
+    1 for the one-step pair (1, 0), 4.0777 on the diagonal; `large_recipe_losses` forces 1 on adv
+    rows. docs/math.md#per-sample-losses.
     """
     return torch.tan((1 - (t.abs() - t_tgt.abs())) * math.pi / TAN_WEIGHT_DIVISOR) + 1  # (B,)
 
@@ -135,30 +151,34 @@ def tan_time_weight(t: Tensor, t_tgt: Tensor) -> Tensor:
 def sample_large_inputs(x: Tensor, generator: torch.Generator, *, group_proportions=(1, 1, 1, 1),
                         time_dist=(1.0, 1.0, 1.0), consistency_ratio: float = 1.0,
                         accumulation_index: int = 0, accumulation_steps: int = 1) -> dict:
-    """Random inputs of the large recipe (SRC `prepare_inputs` + `dist_match` draws), from `generator`.
+    """Random inputs of the large recipe (SRC `prepare_inputs` + `dist_match` draws), from
+    `generator`.
 
     groups: (B,) group ids in contiguous runs (`micro_batch_groups`); t: (B,) signed (adv rows carry
     -t0, the time the network sees); t_tgt: e2e 0, mul t - U t min(0.05, ratio), any t - U ratio t,
-    adv -t0; z: (B, ...); z_fake: (n_adv, ...) noise for the adv rows' fake samples; z_rect: (n_e2e, ...),
-    s_rect: (n_e2e,) U(0, 1) for delta_v on the e2e rows (SRC draws Beta(1, 1), the same law).
+    adv -t0; z: (B, ...); z_fake: (n_adv, ...) noise for the adv rows' fake samples; z_rect: (n_e2e,
+    ...), s_rect: (n_e2e,) U(0, 1) for delta_v on the e2e rows (SRC draws Beta(1, 1), the same law).
     """
     batch, draw = x.shape[0], dict(generator=generator, device=x.device, dtype=x.dtype)
-    group_list = micro_batch_groups(batch, group_proportions, accumulation_index, accumulation_steps)
+    group_list = micro_batch_groups(batch, group_proportions, accumulation_index,
+                                    accumulation_steps)
     groups = torch.tensor(group_list, dtype=torch.long, device=x.device)  # (B,)
     t = sample_time(batch, time_dist, generator, x.device, x.dtype)  # (B,)
-    t_tgt = t - torch.rand(batch, **draw) * consistency_ratio * t  # (B,) any rows: U(0, t) for ratio 1
+    t_tgt = t - torch.rand(batch, **draw) * consistency_ratio * t  # (B,) any rows: U(0, t) at 1
     t_min = t - torch.rand(batch, **draw) * t * min(MUL_WINDOW, consistency_ratio)  # (B,) mul rows
     t = torch.where(groups == E2E, torch.ones_like(t), t)
-    t_tgt = torch.where(groups == E2E, torch.zeros_like(t), torch.where(groups == MUL, t_min, t_tgt))
+    t_tgt = torch.where(groups == MUL, t_min, t_tgt)
+    t_tgt = torch.where(groups == E2E, torch.zeros_like(t), t_tgt)
     t = torch.where(groups == ADV, -t, t)  # adv: the network sees (-t0, -t0); x_t is built with |t|
     t_tgt = torch.where(groups == ADV, t, t_tgt)
     n_e2e, n_adv = group_list.count(E2E), group_list.count(ADV)
     return {"z": torch.randn(x.shape, **draw), "t": t, "t_tgt": t_tgt, "groups": groups,
             "z_fake": torch.randn((n_adv, *x.shape[1:]), **draw),
-            "z_rect": torch.randn((n_e2e, *x.shape[1:]), **draw), "s_rect": torch.rand(n_e2e, **draw)}
+            "z_rect": torch.randn((n_e2e, *x.shape[1:]), **draw),
+            "s_rect": torch.rand(n_e2e, **draw)}
 
 
-# ============================================================================================ the loss
+# ---------- the loss ----------
 def _check_large_inputs(x, y, *, z, t, t_tgt, groups, z_fake, z_rect, s_rect, y_null,
                         options: TwinFlowOptions) -> None:
     """Every argument of the large recipe, checked once (the math below trusts them)."""
@@ -203,21 +223,22 @@ def _labels_of(y, rows: Tensor):
 def large_recipe_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt: Tensor,
                         groups: Tensor, z_fake: Tensor, z_rect: Tensor, s_rect: Tensor, y_null=None,
                         options: TwinFlowOptions) -> dict[str, Tensor]:
-    """Named terms and weighted "loss" of SRC `training_step` for the given draws (module docstring).
+    """Named terms and weighted "loss" of SRC `training_step` for the given draws (module
+    docstring).
 
     Shapes as drawn by `sample_large_inputs`. A micro-batch may hold any subset of the groups (small
     micro-batches take the groups in turn); the normalisation stays SRC's 1/B over the micro-batch.
     consistency_ratio follows SRC's consistc_ratio: 0 turns the RCGM target off (every real row then
-    regresses on v~), anything but 1 turns the rectify loss off. estimate_order 0 is SRC's flow-matching
-    mode: no RCGM target, and only mul and adv rows count.
+    regresses on v~), anything but 1 turns the rectify loss off. estimate_order 0 is SRC's
+    flow-matching mode: no RCGM target, and only mul and adv rows count.
     """
     _check_large_inputs(x, y, z=z, t=t, t_tgt=t_tgt, groups=groups, z_fake=z_fake, z_rect=z_rect,
                         s_rect=s_rect, y_null=y_null, options=options)
     is_adv, real = groups == ADV, groups != ADV  # (B,)
     has_adv, has_real = bool(is_adv.any()), bool(real.any())
 
-    # Inputs (SRC prepare_inputs): adv rows train on the student's own one-step samples (no grad, fresh
-    # noise z_fake); x_t = |t| z + (1 - |t|) x, v = z - x  (docs/math.md#large-recipe)
+    # Inputs (SRC prepare_inputs): adv rows train on the student's own one-step samples (no grad,
+    # fresh noise z_fake); x_t = |t| z + (1 - |t|) x, v = z - x  (docs/math.md#large-recipe)
     x_used = x
     if has_adv:
         ones = torch.ones(z_fake.shape[0], device=x.device, dtype=x.dtype)  # (n_adv,)
@@ -229,7 +250,7 @@ def large_recipe_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t
     x_t = interpolate(x_used, z, t)  # (B, ...)
     v = velocity_target(x_used, z).detach()  # (B, ...)
 
-    # Student passes: real rows in one call (its RNG state is replayed by the teacher), adv rows apart
+    # Student passes: real rows in one call (the teacher replays its RNG state), adv rows apart
     x_t_r, t_r, t_tgt_r, y_r = x_t[real], t[real], t_tgt[real], _labels_of(y, real)
     groups_r = groups[real]  # (n_real,)
     rng_state = capture_rng_state(x.device)
@@ -238,8 +259,9 @@ def large_recipe_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t
 
     rows = {}  # group id -> per-row losses
     if has_real:
-        target_r = _real_row_targets(model, teacher, x_t_r, t_r, t_tgt_r, groups_r, F_r, v[real], y_r,
-                                     _labels_of(y_null, real), rng_state, options)
+        y_null_r = _labels_of(y_null, real)
+        target_r = _real_row_targets(model, teacher, x_t_r, t_r, t_tgt_r, groups_r, F_r, v[real],
+                                     y_r, y_null_r, rng_state, options)
         loss_r = per_sample_loss(F_r, target_r, options)  # (n_real,)
         if options.time_weighting:
             loss_r = loss_r * tan_time_weight(t_r, t_tgt_r).to(loss_r.dtype)
@@ -261,16 +283,18 @@ def large_recipe_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t
         F_e2e = F_r[e2e_r]  # (n_e2e, ...) with grad
         x_hat = invert(x_t_r[e2e_r], F_e2e, t_r[e2e_r])[0].detach()  # (n_e2e, ...)
         clip = SRC_RECTIFY_CLIP if options.rectify_clip is None else options.rectify_clip
-        delta_v = rectify_delta_v(model, x_hat, _labels_of(y_r, e2e_r), z=z_rect, s=s_rect, clip=clip)
+        y_e2e = _labels_of(y_r, e2e_r)
+        delta_v = rectify_delta_v(model, x_hat, y_e2e, z=z_rect, s=s_rect, clip=clip)
         target_rectify = (F_e2e - delta_v).detach()  # (n_e2e, ...)
         terms["loss_rectify"] = per_sample_loss(F_e2e, target_rectify, options).mean()
 
     if not terms:
-        raise ValueError("no loss term is active for this micro-batch: with estimate_order=0 only mul "
-                         "and adv rows count (SRC); give them a positive group proportion or raise "
-                         "estimate_order")
-    weights = {"loss_consistency": options.consistency_weight, "loss_realvel": options.realvel_weight,
-               "loss_base": 1.0, "loss_adv": options.adversarial_weight,
+        raise ValueError("no loss term is active for this micro-batch: with estimate_order=0 "
+                         "only mul and adv rows count (SRC); give them a positive group "
+                         "proportion or raise estimate_order")
+    weights = {"loss_consistency": options.consistency_weight,
+               "loss_realvel": options.realvel_weight, "loss_base": 1.0,
+               "loss_adv": options.adversarial_weight,
                "loss_rectify": options.rectify_weight * options.dist_match_cof}
     terms["loss"] = sum(weights[name] * value for name, value in terms.items())
     return terms
