@@ -1,21 +1,24 @@
-"""Pieces shared by the benchmark scripts: arguments, timing, memory, training steps, forward counts.
+"""Pieces shared by the benchmark scripts: arguments, timing, memory, training steps, pass counts.
 
-Benchmarks print measurements side by side; nothing here is a pass/fail test. Time convention of every
-model call: see twinflow_min/transport.py (x_t = (1 - t) x + t z, t = 1 noise, negative t = fake branch).
+Benchmarks print measurements side by side; nothing here is a pass/fail test. Time convention of
+every model call: see twinflow_min/transport.py (x_t = (1 - t) x + t z, t = 1 noise, negative t =
+fake branch).
 
-Timing: every variant runs once per round, the rounds interleave the variants (machine noise hits all of
-them alike), and the median over rounds is reported. CPU runs use one torch thread by default: on a
-machine shared with other jobs, OpenMP threads that wait for a busy core made calls 10-40x slower
-and erratic in our runs; --threads 0 keeps torch's default.
+Timing: every variant runs once per round, the rounds interleave the variants (machine noise hits
+all of them alike), and the median over rounds is reported. CPU runs use one torch thread by
+default: on a machine shared with other jobs, OpenMP threads that wait for a busy core made calls
+10-40x slower and erratic in our runs; --threads 0 keeps torch's default.
 
 Peak memory of one training step (`peak_step_memory`):
   CUDA  torch.cuda.max_memory_allocated() after reset_peak_memory_stats(): every byte the caching
-        allocator handed out to tensors (weights, EMA copy, optimizer state, gradients, activations).
+        allocator handed out to tensors (weights, EMA copy, optimizer state, gradients,
+        activations).
   CPU   "state" + "transient": state = bytes of the distinct tensor storages alive before the step
-        (parameters, buffers, EMA copy, optimizer state), summed by storage; transient = the peak of the
-        CPU allocator's live-byte counter during the step, read from the "Total Allocated" field of the
-        [memory] events that torch.profiler(profile_memory=True) records for every allocation and free
-        made inside the step. Both count tensor bytes only (no allocator caching, no Python objects).
+        (parameters, buffers, EMA copy, optimizer state), summed by storage; transient = the peak
+        of the CPU allocator's live-byte counter during the step, read from the "Total Allocated"
+        field of the [memory] events that torch.profiler(profile_memory=True) records for every
+        allocation and free made inside the step. Both count tensor bytes only (no allocator
+        caching, no Python objects).
 """
 
 from __future__ import annotations
@@ -37,12 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twinflow_min.checks import is_count, resolve_device  # noqa: E402
 from twinflow_min.ema import EMATeacher  # noqa: E402
 from twinflow_min.model import MODEL_REGISTRY, build_model  # noqa: E402
-from twinflow_min.twinflow import (flow_matching_loss, sample_training_inputs,  # noqa: E402
-                                   twinflow_losses)
+from twinflow_min.twinflow import flow_matching_loss, sample_training_inputs, twinflow_losses  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 RECIPES = ("flow matching", "twinflow tutorial", "twinflow large")
-CFG_RATIO = 0.5  # the enhanced_ratio of train.py's default config, used for class-conditional models
+CFG_RATIO = 0.5  # enhanced_ratio of train.py's default config, used for class-conditional models
 GRAD_ROW_COST = 3  # a row with gradient: one forward + a backward counted as two forwards
 MIB = 2 ** 20
 
@@ -140,7 +142,7 @@ def data_shape(model) -> tuple[int, ...]:
 
 
 def make_batch(model, batch: int, device: torch.device, seed: int = 0):
-    """(x, y, y_null): Gaussian stand-in data, labels (None for an unconditional model), null labels."""
+    """(x, y, y_null): Gaussian stand-in data, labels (None when unconditional), null labels."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *data_shape(model), generator=generator).to(device)
     classes = model.config.num_classes
@@ -155,9 +157,9 @@ def make_train_step(recipe: str, model, batch: int, device: torch.device, dtype_
                     options: dict | None = None, image_free: bool = False, cfg: bool = True):
     """A closure running one optimizer step (loss, backward, AdamW, EMA) of `recipe` on `model`.
 
-    recipe: one of RECIPES. options: extra TwinFlow options (default: enhanced_ratio CFG_RATIO for a
-    class-conditional model when cfg is True, else 0). image_free: train on x = sg(z - F(z, 1, 0)) like the
-    official image-free mode (one extra no-grad forward per sample).
+    recipe: one of RECIPES. options: extra TwinFlow options (default: enhanced_ratio CFG_RATIO for
+    a class-conditional model when cfg is True, else 0). image_free: train on x = sg(z - F(z, 1, 0))
+    like the official image-free mode (one extra no-grad forward per sample).
     """
     from twinflow_min.twinflow import image_free_batch
 
@@ -201,7 +203,7 @@ def make_train_step(recipe: str, model, batch: int, device: torch.device, dtype_
     return step
 
 
-def group_rows(batch: int, device: torch.device = torch.device("cpu")) -> list[int]:
+def group_rows(batch: int) -> list[int]:
     """Rows of the large recipe's e2e, mul, any, adv blocks for this batch size (default shares)."""
     inputs = sample_training_inputs(torch.zeros(batch, 1), torch.Generator().manual_seed(0),
                                     recipe="large")
@@ -213,18 +215,18 @@ def forward_equivalents(recipe: str, batch: int, *, cfg: bool, order: int = 2,
     """Predicted network passes per sample of one training step, a backward counted as two forwards.
 
     Read off the structure of the loss code (twinflow_min/twinflow.py, twinflow_large.py):
-      flow matching  1 row with gradient: 3.
-      tutorial       rows with gradient: base F(x_t, t, t_tgt), F(z, 1, 0), real velocity F(x_t, t, t)
-                     and adv F(x_fake_t, -t, -t): 4 x 3 = 12; teacher rollout: N (= order) no-grad passes
-                     for each of the 2 RCGM rows (base, F(z, 1, 0)): 2 N; CFG target: a conditional and
-                     a null teacher pass: 2 (when CFG is on); delta_v: F(y_s, -s, -s) and F(y_s, s, s)
-                     without gradient: 2. N = 2: 18, or 20 with CFG.
-      large          every row once with gradient: 3; adv rows' x_fake = z - F(z, 1, 0) without
-                     gradient: n_adv / B; teacher rollout: N passes over the real (e2e+mul+any) rows:
-                     N n_real / B; CFG: 2 teacher passes over the real rows: 2 n_real / B; delta_v on the
-                     e2e rows: 2 n_e2e / B. Equal shares, N = 2: 5.25, or 6.75 with CFG.
-      dmd2           generator G(z) with gradient: 3; real and fake score without gradient: 2; the fake
-                     score's own denoising loss with gradient: 3. Total 8.
+      flow       flow matching: 1 row with gradient: 3.
+      tutorial   rows with gradient: base F(x_t, t, t_tgt), F(z, 1, 0), real velocity F(x_t, t, t)
+                 and adv F(x_fake_t, -t, -t): 4 x 3 = 12; teacher rollout: N (= order) no-grad
+                 passes for each of the 2 RCGM rows (base, F(z, 1, 0)): 2 N; CFG target: a
+                 conditional and a null teacher pass: 2 (when CFG is on); delta_v: F(y_s, -s, -s)
+                 and F(y_s, s, s) without gradient: 2. N = 2: 18, or 20 with CFG.
+      large      every row once with gradient: 3; adv rows' x_fake = z - F(z, 1, 0) without
+                 gradient: n_adv / B; teacher rollout: N passes over the real (e2e+mul+any) rows:
+                 N n_real / B; CFG: 2 teacher passes over the real rows: 2 n_real / B; delta_v on
+                 the e2e rows: 2 n_e2e / B. Equal shares, N = 2: 5.25, or 6.75 with CFG.
+      dmd2       generator G(z) with gradient: 3; real and fake score without gradient: 2; the
+                 fake score's own denoising loss with gradient: 3. Total 8.
     image_free adds one no-grad F(z, 1, 0) pass per sample (the training batch itself).
     Returns {component: forward-equivalents per sample, ..., "total": sum}.
     """
@@ -256,9 +258,10 @@ def forward_equivalents(recipe: str, batch: int, *, cfg: bool, order: int = 2,
 
 
 def count_forward_equivalents(step, modules, batch: int) -> float:
-    """Forward-equivalents per sample that one call of `step` really runs, counted with forward hooks.
+    """Forward-equivalents per sample that one call of `step` runs, counted with forward hooks.
 
-    Each top-level call of a module in `modules` adds its rows, times 3 when its output needs a gradient.
+    Each top-level call of a module in `modules` adds its rows, times 3 when its output needs a
+    gradient.
     """
     total = 0
 
@@ -277,7 +280,7 @@ def count_forward_equivalents(step, modules, batch: int) -> float:
 
 # ------------------------------------------------------------------------------------- memory
 def state_bytes(*objects) -> int:
-    """Bytes of the distinct tensor storages held by modules and optimizers (shared storage once)."""
+    """Bytes of the distinct tensor storages of modules and optimizers (shared storage once)."""
     seen: dict[int, int] = {}
 
     def add(tensor):
@@ -328,7 +331,7 @@ def _profiled_peak_bytes(step) -> int:
 
 
 def peak_step_memory(step, device: torch.device, state_objects) -> dict[str, float]:
-    """{"state_mib", "transient_mib", "peak_mib", "method"} of one call of `step` (module docstring)."""
+    """{"state_mib", "transient_mib", "peak_mib", "method"} of one call of `step` (see above)."""
     state = state_bytes(*state_objects)
     if device.type == "cuda":
         synchronize(device)
@@ -346,6 +349,7 @@ def peak_step_memory(step, device: torch.device, state_objects) -> dict[str, flo
 
 
 def build(name: str, device: torch.device, seed: int = 0, **overrides):
-    """build_model with a fixed initialisation seed, moved to `device`."""
+    """build_model with a fixed initialisation seed, its tensors created on `device`."""
     torch.manual_seed(seed)
-    return build_model(name, **overrides).to(device)
+    with device:
+        return build_model(name, **overrides).to(device)

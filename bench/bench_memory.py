@@ -1,18 +1,18 @@
-"""Peak memory and time of one training step: flow matching, TwinFlow (both recipes), a DMD2-style step.
+"""Peak memory and time of one training step: flow matching, TwinFlow (both recipes), DMD2-style.
 
 The paper's memory claim: TwinFlow trains one network (plus its EMA teacher) where DMD2-style
-distillation holds three (generator, trainable fake score, frozen real score) and two optimizers. This
-script measures one optimizer step of each on the same DiT and prints the ratios to plain flow matching.
-The DMD2-style step is a baseline written in bench/dmd2_baseline.py (see its docstring), not a library
-feature. Flow matching and TwinFlow each keep one EMA copy (flow matching's for sampling, TwinFlow's as
-the teacher); the DMD2-style step keeps none, like DMD2's EDM trainer.
+distillation holds three (generator, trainable fake score, frozen real score) and two optimizers.
+This script measures one optimizer step of each on the same DiT and prints the ratios to plain flow
+matching. The DMD2-style step is a baseline written in bench/dmd2_baseline.py (see its docstring),
+not a library feature. Flow matching and TwinFlow each keep one EMA copy (flow matching's for
+sampling, TwinFlow's as the teacher); the DMD2-style step keeps none, like DMD2's EDM trainer.
 
 How memory is measured (also printed with the table):
   CUDA  torch.cuda.max_memory_allocated() over one step, each variant alone on the device.
   CPU   state + transient: the bytes of the distinct tensor storages alive before the step (weights,
         EMA copy, optimizer state; gradients are freed between steps) plus the peak of the CPU
-        allocator's live-byte counter during the step, as torch.profiler(profile_memory=True) reports
-        it in its [memory] events ("Total Allocated"). Tensor bytes only, no allocator caching.
+        allocator's live-byte counter during the step, as torch.profiler(profile_memory=True)
+        reports it in its [memory] events ("Total Allocated"). Tensor bytes only, no caching.
 Time: median of interleaved rounds (bench/_common.py). Measurements, never a test.
 
     python bench/bench_memory.py                               # CIFAR-T/2, batch 32, CPU
@@ -29,9 +29,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (RECIPES, base_parser, build, check_common, check_counts,  # noqa: E402
-                     forward_equivalents, interleaved_medians, make_train_step, peak_step_memory,
-                     write_json)
+from _common import (  # noqa: E402
+    RECIPES,
+    base_parser,
+    build,
+    check_common,
+    check_counts,
+    forward_equivalents,
+    interleaved_medians,
+    make_train_step,
+    peak_step_memory,
+    write_json,
+)
 from dmd2_baseline import make_dmd2_step  # noqa: E402
 
 VARIANTS = (*RECIPES, "dmd2")

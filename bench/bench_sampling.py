@@ -1,14 +1,15 @@
-"""Few-step sampling against a 50-step sampler: latency (batch 1) and throughput (batch 10 and larger).
+"""Few-step sampling against a 50-step sampler: latency (batch 1), throughput (batch 10, larger).
 
-The paper's inference claim: 1-4 network evaluations (NFE) instead of tens of steps. This script times
-the UCGM sampler (twinflow_min/sampler.py) on the same model at 1, 2 and 4 NFE (the official presets,
-`preset_for_nfe`) and with the 50-step multi-step reference that train.py evaluates (Euler on the
-instantaneous velocity: style "mul", no re-noising, 50 NFE). Each (model, batch) compares the four
-samplers in interleaved rounds and reports medians: ms per call, ms per sample, samples/s and the
-speed-up against 50 steps. The weights are the random initialisation: the cost of a call does not
-depend on them. A measurement, never a test. Time convention: see twinflow_min/transport.py.
+The paper's inference claim: 1-4 network evaluations (NFE) instead of tens of steps. This script
+times the UCGM sampler (twinflow_min/sampler.py) on the same model at 1, 2 and 4 NFE (the official
+presets, `preset_for_nfe`) and with the 50-step multi-step reference that train.py evaluates (Euler
+on the instantaneous velocity: style "mul", no re-noising, 50 NFE). Each (model, batch) compares
+the four samplers in interleaved rounds and reports medians: ms per call, ms per sample, samples/s
+and the speed-up against 50 steps. The weights are the random initialisation: the cost of a call
+does not depend on them. A measurement, never a test. Time convention: see
+twinflow_min/transport.py.
 
-    python bench/bench_sampling.py                         # toy and CIFAR-T/2, batches 1, 10, 64, CPU
+    python bench/bench_sampling.py                 # toy and CIFAR-T/2, batches 1, 10, 64, CPU
     python bench/bench_sampling.py --models CIFAR-S/2 --batches 1 10 256 --device cuda --dtype bf16
 """
 
@@ -21,18 +22,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (autocast, base_parser, build, check_common, check_counts,  # noqa: E402
-                     interleaved_medians, make_batch, write_json)
+from _common import (  # noqa: E402
+    autocast,
+    base_parser,
+    build,
+    check_common,
+    check_counts,
+    interleaved_medians,
+    make_batch,
+    write_json,
+)
+
 from twinflow_min.sampler import preset_for_nfe, ucgm_sample  # noqa: E402
 
 MULTISTEP = 50
 # the multi-step reference of train.py's evaluation: 50 Euler steps on F(x, t, t), no re-noising
-MULTISTEP_OPTIONS = dict(steps=MULTISTEP, style="mul", stochastic_ratio=0.0, boundary_gaps=(0.0, 0.0))
+MULTISTEP_OPTIONS = dict(steps=MULTISTEP, style="mul", stochastic_ratio=0.0,
+                         boundary_gaps=(0.0, 0.0))
 FEW_STEP_NFES = (1, 2, 4)
 
 
 def sampler_call(model, batch: int, nfe: int, device: torch.device, dtype: str):
-    """A closure drawing `batch` samples with `nfe` network calls (MULTISTEP: the 50-step reference)."""
+    """A closure drawing `batch` samples with `nfe` network calls (MULTISTEP: the reference)."""
     z, y, _ = make_batch(model, batch, device, seed=1)
     options = dict(MULTISTEP_OPTIONS) if nfe == MULTISTEP else preset_for_nfe(nfe)
     generator = torch.Generator(device=device).manual_seed(2)
@@ -45,9 +56,11 @@ def sampler_call(model, batch: int, nfe: int, device: torch.device, dtype: str):
 
 
 def measure(model_name: str, batches: list[int], device: torch.device, dtype: str,
-            rounds: int) -> dict:
-    """{batch: {nfe: {"ms_per_call", "ms_per_sample", "samples_per_s", "speedup_vs_50"}}}."""
-    model = build(model_name, device).eval()
+            rounds: int, **overrides) -> dict:
+    """{batch: {nfe: {"ms_per_call", "ms_per_sample", "samples_per_s", "speedup_vs_50"}}}.
+
+    overrides: DiTConfig fields changed from the registry entry (e.g. a tiny stand-in model)."""
+    model = build(model_name, device, **overrides).eval()
     results = {}
     for batch in batches:
         calls = {nfe: sampler_call(model, batch, nfe, device, dtype)

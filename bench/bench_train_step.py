@@ -1,24 +1,25 @@
 """Cost of one TwinFlow training step relative to plain flow matching, measured side by side.
 
-TwinFlow (arXiv:2512.05150) trades extra network passes (teacher rollout, fake branch, delta_v) for
-1-NFE sampling. This script times one optimizer step (loss, backward, AdamW, EMA) of the same model under
-three losses: plain flow matching, the tutorial recipe (every term on every row) and the large recipe
-(row groups). Variants interleave round by round so machine noise hits all of them alike; medians and
-ratios are printed. A measurement, never a test.
+TwinFlow (arXiv:2512.05150) trades extra network passes (teacher rollout, fake branch, delta_v)
+for 1-NFE sampling. This script times one optimizer step (loss, backward, AdamW, EMA) of the same
+model under three losses: plain flow matching, the tutorial recipe (every term on every row) and
+the large recipe (row groups). Variants interleave round by round so machine noise hits all of them
+alike; medians and ratios are printed. A measurement, never a test.
 
-Next to each measured ratio it prints the bound read off the loss code: forward-equivalents per sample,
-a row with gradient counting 3 (forward + a backward counted as two), a no-grad row 1.
+Next to each measured ratio it prints the bound read off the loss code: forward-equivalents per
+sample, a row with gradient counting 3 (forward + a backward counted as two), a no-grad row 1.
   flow matching  F(x_t, t, t) with gradient: 3.
-  tutorial       4 rows with gradient (base F(x_t, t, t_tgt), F(z, 1, 0), real velocity, adv): 12;
-                 teacher rollout, N = 2 passes for each of the 2 RCGM rows: 4; CFG target (conditional
-                 models, enhanced_ratio 0.5 like train.py's default): 2; delta_v (v_fake and v_real,
-                 no grad): 2. Total 18, or 20 with CFG: x6.0 / x6.7 of flow matching.
-  large          every row once with gradient: 3; x_fake for the adv quarter: 0.25; teacher rollout
-                 over the e2e+mul+any rows: 2 x 0.75; CFG over those rows: 2 x 0.75; delta_v over the
-                 e2e quarter: 2 x 0.25. Total 5.25, or 6.75 with CFG: x1.75 / x2.25.
+  tutorial       4 rows with gradient (base F(x_t, t, t_tgt), F(z, 1, 0), real velocity, adv):
+                 12; teacher rollout, N = 2 passes for each of the 2 RCGM rows: 4; CFG target
+                 (conditional models, enhanced_ratio 0.5 like train.py's default): 2; delta_v
+                 (v_fake and v_real, no grad): 2. Total 18, or 20 with CFG: x6.0 / x6.7 of FM.
+  large          every row once with gradient: 3; x_fake for the adv quarter: 0.25; teacher
+                 rollout over the e2e+mul+any rows: 2 x 0.75; CFG over those rows: 2 x 0.75;
+                 delta_v over the e2e quarter: 2 x 0.25. Total 5.25, or 6.75 with CFG: x1.75 /
+                 x2.25.
 The "counted" column checks that bound by counting the rows of every model and teacher call of one
-step with forward hooks. Measured ratios fall below the bound when per-step costs that do not scale with
-the rows (optimizer, EMA update, Python overhead) weigh in: small models, small batches, CPUs.
+step with forward hooks. Measured ratios fall below the bound when per-step costs that do not scale
+with the rows (optimizer, EMA update, Python overhead) weigh in: small models, small batches, CPUs.
 Time convention: see twinflow_min/transport.py.
 
     python bench/bench_train_step.py                      # toy model, batch 128, CPU
@@ -33,9 +34,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (RECIPES, base_parser, build, check_common, check_counts,  # noqa: E402
-                     count_forward_equivalents, forward_equivalents, interleaved_medians,
-                     make_train_step, write_json)
+from _common import (  # noqa: E402
+    RECIPES,
+    base_parser,
+    build,
+    check_common,
+    check_counts,
+    count_forward_equivalents,
+    forward_equivalents,
+    interleaved_medians,
+    make_train_step,
+    write_json,
+)
 
 WARMUP_STEPS = 3
 

@@ -1,14 +1,16 @@
-"""A DMD2-style distillation step, written here ONLY as a memory and time baseline for bench_memory.py.
+"""A DMD2-style distillation step, written here ONLY as a memory and time baseline (bench_memory).
 
-Not part of the library and not a DMD2 implementation to train with: it reproduces the structure of one
-DMD2 iteration (Yin et al. 2024, arXiv:2405.14867; the EDM trainer of tianweiy/DMD2) with this project's
-DiT in flow-matching form, so that its cost can be set next to TwinFlow's on the same network:
+Not part of the library and not a DMD2 implementation to train with: it reproduces the structure of
+one DMD2 iteration (Yin et al. 2024, arXiv:2405.14867; the EDM trainer of tianweiy/DMD2) with this
+project's DiT in flow-matching form, so that its cost can be set next to TwinFlow's on one network:
 
-  networks    generator G (trainable), fake score (trainable), real score (frozen teacher); all three
-              start as copies of one network (DMD2 initialises both trainable nets from the teacher)
-  optimizers  two AdamW, one for G and one for the fake score; no EMA (DMD2's EDM trainer keeps none)
-  generator turn (DMD2 runs it every dfake_gen_update_ratio-th iteration; this step always does, which
-              is the iteration with the highest memory):
+  networks    generator G (trainable), fake score (trainable), real score (frozen teacher); all
+              three start as copies of one network (DMD2 initialises both trainable nets from the
+              teacher)
+  optimizers  two AdamW, one for G and one for the fake score; no EMA (DMD2's EDM trainer keeps
+              none)
+  generator turn (DMD2 runs it every dfake_gen_update_ratio-th iteration; this step always does,
+              the iteration with the highest memory):
       x_fake = z - F_G(z, 1, 0)                                   one-step sample, with gradient
       x_s = (1 - s) x_fake + s n,  s ~ U(0.02, 0.98)              noised, no gradient below
       x0_real = x_s - s F_real(x_s, s, s),  x0_fake = x_s - s F_fake(x_s, s, s)
@@ -26,8 +28,8 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from _common import autocast, build, make_batch  # noqa: E402  (bench/ is on sys.path)
+
 from twinflow_min.twinflow import flow_matching_loss  # noqa: E402
 
 NOISE_RANGE = (0.02, 0.98)  # DMD2 min_step_percent / max_step_percent of the noise levels
@@ -35,7 +37,7 @@ NOISE_RANGE = (0.02, 0.98)  # DMD2 min_step_percent / max_step_percent of the no
 
 def make_dmd2_step(model_name: str, batch: int, device: torch.device, dtype_name: str = "fp32",
                    **overrides):
-    """A closure running one DMD2-style iteration (both turns); `.state` lists its nets and optimizers."""
+    """A closure running one DMD2-style iteration (both turns); `.state`: nets and optimizers."""
     generator_net = build(model_name, device, **overrides)
     real_score = copy.deepcopy(generator_net).requires_grad_(False)
     fake_score = copy.deepcopy(generator_net)
