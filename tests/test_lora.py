@@ -26,7 +26,8 @@ from twinflow_min.checkpoint import load_pretrained
 from twinflow_min.checks import CheckpointError
 from twinflow_min.ema import EMATeacher
 from twinflow_min.lora import (DEFAULT_TARGETS, LoRALinear, LoRATeacher, apply_lora, load_adapter,
-                               merge_lora, save_adapter, trainable_names, trainable_parameters)
+                               merge_lora, read_teacher_state, save_adapter, trainable_names,
+                               trainable_parameters)
 from twinflow_min.model import DiT, build_model, config_to_metadata
 from twinflow_min.transport import interpolate, velocity_target
 
@@ -41,7 +42,9 @@ PER_BLOCK = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"
 def pretrained_like(seed: int = 0, **overrides) -> DiT:
     """A tiny DiT whose base weights are all random (as after pretraining); the TwinFlow embedders
     keep their initialisation, as load_pretrained leaves them for a file that lacks them."""
-    model = build_model("CIFAR-T/2", input_size=8, **overrides)
+    with torch.random.fork_rng(devices=[]):  # seeded embedder initialisation, global RNG kept
+        torch.manual_seed(seed)
+        model = build_model("CIFAR-T/2", input_size=8, **overrides)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -365,6 +368,64 @@ def test_load_adapter_refuses_a_different_or_missing_base(trained_run, tmp_path)
     assert info.base_path == str(tmp_path / "moved.safetensors")
     with pytest.raises(CheckpointError, match="not a LoRA adapter"):
         load_adapter(other_path)
+
+
+def test_resume_from_an_adapter_file_is_bit_identical(tmp_path):
+    base_path = write_base_file(pretrained_like(), tmp_path / "base.safetensors")
+
+    def run(model, teacher, optimizer, generator, steps):
+        for _ in range(steps):
+            teacher.update(model)
+            x = torch.randn(4, 3, 8, 8, generator=generator)
+            z = torch.randn(4, 3, 8, 8, generator=generator)
+            t = torch.rand(4, generator=generator) * 2 - 1  # real and fake times
+            prediction = model(interpolate(x, z, t), t, 0.5 * t, torch.tensor([0, 1, 2, 10]))
+            loss = (prediction - velocity_target(x, z)).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    def start(model):
+        apply_lora(model, rank=4, dropout=0.0)
+        optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-2)
+        return LoRATeacher(model, decay=0.9), optimizer
+
+    straight, _ = load_pretrained(base_path)
+    teacher, optimizer = start(straight)
+    run(straight, teacher, optimizer, torch.Generator().manual_seed(3), 4)
+
+    first, _ = load_pretrained(base_path)
+    first_teacher, first_optimizer = start(first)
+    generator = torch.Generator().manual_seed(3)
+    run(first, first_teacher, first_optimizer, generator, 2)
+    adapter = save_adapter(tmp_path / "a.safetensors", first, base_path, teacher=first_teacher)
+    resumed, _ = load_adapter(adapter, weights="model")
+    resumed_teacher = LoRATeacher(resumed, decay=0.9)
+    resumed_teacher.load_state_dict(read_teacher_state(adapter))
+    resumed_optimizer = torch.optim.AdamW(trainable_parameters(resumed), lr=1e-2)
+    resumed_optimizer.load_state_dict(first_optimizer.state_dict())  # train_state's part
+    run(resumed, resumed_teacher, resumed_optimizer, generator, 2)
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, straight.state_dict()[name]), name
+    assert resumed_teacher.decay_used == teacher.decay_used
+    for name, value in resumed_teacher.state_dict()["teacher"].items():
+        assert torch.equal(value, teacher.state_dict()["teacher"][name]), name
+
+
+def test_gradient_checkpointing_gives_the_same_adapter_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = pretrained_like(gradient_checkpointing=checkpointing)
+        apply_lora(model, rank=4)
+        with torch.no_grad():
+            for parameter in trainable_parameters(model):
+                parameter.add_(0.01)  # non-zero B, so A gets gradients too
+        x_t, t, t_tgt, y = inputs()
+        model(x_t, t, t_tgt, y).square().mean().backward()
+        grads.append([parameter.grad for parameter in trainable_parameters(model)])
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------- merge tool

@@ -554,6 +554,20 @@ def read_adapter_info(path: str | os.PathLike) -> AdapterInfo:
                        metadata=dict(metadata))
 
 
+def read_teacher_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The teacher state saved in an adapter file, in `LoRATeacher.state_dict()` form (for
+    `load_state_dict`), or None when the file was written without a teacher."""
+    info = read_adapter_info(path)
+    if not info.ema:
+        return None
+    state = dict(info.ema)
+    if "ema" in info.weights:
+        with safe_open(info.path, framework="pt") as handle:
+            state["teacher"] = {key[len(EMA_PREFIX):]: handle.get_tensor(key)
+                                for key in handle.keys() if key.startswith(EMA_PREFIX)}
+    return state
+
+
 def check_base(info: AdapterInfo, base_path: str | os.PathLike | None = None) -> str:
     """The base file to use (`base_path`, else the metadata's), once its sha256 equals the
     adapter's; CheckpointError (one line) when it is missing or differs."""
