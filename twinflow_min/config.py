@@ -318,17 +318,18 @@ PRESETS: dict[str, dict] = {
 
 
 # ---------------------------------------------------------------- keys and types
-def _base_type(hint) -> tuple[object, bool]:
+def base_type(hint) -> tuple[object, bool]:
     """(the type without None, whether None is allowed)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return next(arg for arg in typing.get_args(hint) if arg is not type(None)), True
     return hint, False
 
 
-def _type_name(hint) -> str:
-    base, optional = _base_type(hint)
+def type_name(hint) -> str:
+    """The type as --help and the README table name it, e.g. "list of float", "int or none"."""
+    base, optional = base_type(hint)
     if typing.get_origin(base) is list:
-        name = f"list of {_type_name(typing.get_args(base)[0])}"
+        name = f"list of {type_name(typing.get_args(base)[0])}"
     else:
         name = base.__name__
     return f"{name} or none" if optional else name
@@ -345,10 +346,10 @@ def _coerce_number(key: str, value, base, where: str):
     """An int or float field's value: no bools or strings, finite, ints within 64 bits."""
     kind = "an integer" if base is int else "a number"
     got = f"got {_shown(value)}"
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}{where}: expected {kind}, {got}; booleans are not numbers")
-    if not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}{where}: expected {kind}, {got}; write a number without quotes")
+    if not is_real(value, allow_inf=True):
+        is_bool = isinstance(value, bool)
+        fix = "booleans are not numbers" if is_bool else "write a number without quotes"
+        raise ConfigError(f"{key}{where}: expected {kind}, {got}; {fix}")
     if not is_real(value):
         raise ConfigError(f"{key}{where}: expected a finite {kind.split()[-1]}, {got}")
     if base is int and value != int(value):
@@ -361,13 +362,13 @@ def _coerce_number(key: str, value, base, where: str):
 
 def _coerce(key: str, value, hint, where: str):
     """`value` as the field's type; ints pass for floats, bools and strings never for numbers."""
-    base, optional = _base_type(hint)
+    base, optional = base_type(hint)
     if value is None and optional:
         return None
     got = f"got {_shown(value)}"
     if typing.get_origin(base) is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}{where}: expected a {_type_name(hint)} such as [1, 2], {got}")
+            raise ConfigError(f"{key}{where}: expected a {type_name(hint)} such as [1, 2], {got}")
         item_hint = typing.get_args(base)[0]
         return [_coerce(f"{key}[{index}]", item, item_hint, where)
                 for index, item in enumerate(value)]
@@ -383,7 +384,8 @@ def _coerce(key: str, value, hint, where: str):
     return value
 
 
-def _unknown_key_error(key: str, where: str, prefix: str = "") -> ConfigError:
+def unknown_key_error(key: str, where: str, prefix: str = "") -> ConfigError:
+    """One line naming an unknown key and the closest valid one."""
     close = difflib.get_close_matches(key.replace("-", "_"), list(FIELDS), n=1)
     hint = f"did you mean {prefix}{close[0]}? " if close else ""
     return ConfigError(f"unknown key {prefix}{key}{where}; {hint}"
@@ -396,7 +398,7 @@ def check_keys_and_types(values: dict, where: str = "") -> dict:
     for raw_key, value in values.items():
         key = raw_key.removeprefix("--")
         if key not in FIELDS:
-            raise _unknown_key_error(key, where)
+            raise unknown_key_error(key, where)
         checked[key] = _coerce(key, value, HINTS[key], where)
     return checked
 
@@ -489,7 +491,8 @@ def _check_prediction(cfg: TrainConfig) -> None:
     """SimpleTuner's TwinFlow rules: flow matching (or a diff2flow bridge), no second distiller."""
     flow = cfg.prediction_type == "flow_matching"
     bridged = cfg.diff2flow_enabled and cfg.twinflow_allow_diff2flow
-    _require(cfg, "prediction_type", flow or bridged or not cfg.twinflow_enabled,
+    twinflow_refuses = cfg.twinflow_enabled and not flow
+    _require(cfg, "prediction_type", bridged or not twinflow_refuses,
              "but TwinFlow requires prediction_type=flow_matching; to bridge a diffusion model "
              "set diff2flow_enabled: true and twinflow_allow_diff2flow: true")
     _require(cfg, "prediction_type", flow or cfg.diff2flow_enabled,
@@ -629,12 +632,14 @@ def _check_teacher(cfg: TrainConfig) -> None:
     if cfg.pretrained_model_name_or_path is not None:
         return
     frozen = cfg.use_ema and cfg.ema_decay == 1.0
-    _require(cfg, "ema_decay", not frozen or cfg.twinflow_start_step > 0,
+    frozen_at_zero = frozen and cfg.twinflow_start_step == 0  # no flow-matching phase before
+    _require(cfg, "ema_decay", not frozen_at_zero,
              "freezes the teacher at its initial weights, and a model trained from scratch starts "
              "by outputting zeros (zero-initialised last layer), so every TwinFlow target stays "
              "zero; use ema_decay < 1 (e.g. 0.99), a pretrained model, or twinflow_start_step > 0")
-    uses_null = cfg.twinflow_enhanced_ratio > 0
-    _require(cfg, "label_dropout", cfg.label_dropout > 0 or not uses_null,
+    null_untrained = cfg.label_dropout == 0
+    null_untrained = null_untrained and cfg.twinflow_enhanced_ratio > 0  # CFG target needs it
+    _require(cfg, "label_dropout", not null_untrained,
              "never trains the null class, but twinflow_enhanced_ratio > 0 builds the CFG target "
              "from it (docs/math.md#cfg-target); set label_dropout: 0.1, "
              "or twinflow_enhanced_ratio: 0")
@@ -660,14 +665,16 @@ def _check_twinflow(cfg: TrainConfig) -> list[str]:
     _check_large_only(cfg)
     cfg.twinflow_options()  # TwinFlowOptions checks every loss option; errors name the config key
     large = cfg.twinflow_recipe == "large"
-    adv_rows = large and cfg.twinflow_group_proportions[GROUP_NAMES.index("adv")] > 0
+    adv_rows = cfg.twinflow_group_proportions[GROUP_NAMES.index("adv")] > 0
+    adv_rows = adv_rows and large
     _require(cfg, "twinflow_adversarial_enabled", cfg.twinflow_adversarial_enabled or not adv_rows,
              "but the large recipe's adv rows need it (twinflow_group_proportions[3] > 0): set "
              "twinflow_adversarial_enabled: true, or drop the adv rows with "
              "twinflow_group_proportions: [1, 1, 1, 0] (the RCGM recipe)")
     unconditional = cfg.dataset.startswith("toy:")
     unconditional = unconditional and not cfg.twinflow_image_free  # image-free: the model's labels
-    _require(cfg, "twinflow_enhanced_ratio", cfg.twinflow_enhanced_ratio == 0 or not unconditional,
+    contrasts_labels = cfg.twinflow_enhanced_ratio > 0
+    _require(cfg, "twinflow_enhanced_ratio", not (contrasts_labels and unconditional),
              f"needs class labels, but {cfg.dataset} is unconditional; "
              "set twinflow_enhanced_ratio: 0.0")
     _require(cfg, "twinflow_start_step", cfg.twinflow_start_step < cfg.max_train_steps,

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from twinflow_min.checks import CheckpointError
 from twinflow_min.config import (FIELDS, HINTS, PRESETS, ConfigError, ConfigWarning, TrainConfig,
-                                 _base_type, _type_name, _unknown_key_error, check_keys_and_types,
-                                 default_of, validate)
+                                 base_type, check_keys_and_types, default_of, type_name,
+                                 unknown_key_error, validate)
 from twinflow_min.train_state import saved_train_config
 
 
@@ -45,7 +45,7 @@ RESUME_FIXED = ("output_dir", "run_name")  # a resume writes only into the run i
 
 def _metavar(key: str) -> str:
     """INT, FLOAT, LIST, TEXT or the allowed values, |none where None is allowed (for --help)."""
-    base, optional = _base_type(HINTS[key])
+    base, optional = base_type(HINTS[key])
     choices = FIELDS[key].metadata["choices"]
     if choices:
         name = "|".join(choices)
@@ -67,7 +67,7 @@ def build_parser(description: str = "Train TwinFlow.") -> argparse.ArgumentParse
     boolean = dict(nargs="?", const="true", metavar="true|false")
     for key, field in FIELDS.items():
         text = f"{field.metadata['help']} (default: {json.dumps(default_of(key))})"
-        is_bool = _base_type(HINTS[key])[0] is bool
+        is_bool = base_type(HINTS[key])[0] is bool
         kind = boolean if is_bool else dict(metavar=_metavar(key))
         parser.add_argument(f"--{key}", help=text.replace("%", "%%"), **kind)
     aliases = parser.add_argument_group("aliases")
@@ -87,7 +87,7 @@ BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": Fal
 
 def _parse_flag(key: str, text: str):
     """A flag's text as the JSON value it stands for; `config._coerce` checks its type next."""
-    base, optional = _base_type(HINTS[key])
+    base, optional = base_type(HINTS[key])
     if optional and text.lower() in ("none", "null"):
         return None
     if base is bool:
@@ -188,7 +188,7 @@ def resolve_config(argv: list[str] | None = None,
             raise ConfigError(f"command line: unexpected value {unknown[0]!r}; "
                               "every value follows its --flag")
         key = flag.lstrip("-").split("=")[0]
-        raise _unknown_key_error(key, " on the command line", prefix="--")
+        raise unknown_key_error(key, " on the command line", prefix="--")
     given = vars(namespace)
     config_path = given.pop("config", None)
     parsed = {key: _parse_flag(key, text) for key, text in given.items()}
@@ -216,7 +216,7 @@ def config_table_markdown() -> str:
         if choices:
             kind = " \\| ".join(f'"{choice}"' for choice in choices)
         else:
-            kind = _type_name(HINTS[key])
+            kind = type_name(HINTS[key])
         meaning = field.metadata["help"].replace("|", "\\|")
         default = json.dumps(default_of(key), ensure_ascii=False)
         rows.append(f"| `{key}` | {kind} | `{default}` | {meaning} |")
