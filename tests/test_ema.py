@@ -1,7 +1,8 @@
-"""Tests for twinflow_min/ema.py: the EMA teacher, its official warm-up (G12), decay 0 / 1, state_dict.
+"""Tests for twinflow_min/ema.py: the EMA teacher, its official warm-up (G12), decay 0 / 1,
+state_dict.
 
-Time convention (for the models the teacher evaluates): x_t = (1 - t) * x + t * z, t = 1 is noise, negative t is
-the fake branch. Expected values are hand recursions of the reference formulas (§2.10), float64.
+Time convention: see twinflow_min/transport.py. Expected values are hand recursions of
+docs/math.md#ema-teacher (M18), float64.
 """
 
 import pytest
@@ -28,9 +29,12 @@ def set_params(model, value):
 
 
 def test_g12_warmup_decays():
-    # G12 (reference §2.10): decays used at updates 0..5 for 0.99 and 0.999: d <- d + (1 - d)(decay - d)/2
-    for decay, expected in [(0.99, [0, 0.495, 0.6199875, 0.6902921876, 0.7367031131, 0.770049254]),
-                            (0.999, [0, 0.4995, 0.624499875, 0.6948122969, 0.7412294701, 0.7745811784])]:
+    # G12 (M18): decays used at updates 0..5 for 0.99 and 0.999: d <- d + (1 - d)(decay
+    # - d)/2
+    for decay, expected in [
+        (0.99, [0, 0.495, 0.6199875, 0.6902921876, 0.7367031131, 0.770049254]),
+        (0.999, [0, 0.4995, 0.624499875, 0.6948122969, 0.7412294701, 0.7745811784]),
+    ]:
         ema = EMATeacher(Net(), decay=decay)
         used = []
         for _ in expected:
@@ -39,7 +43,9 @@ def test_g12_warmup_decays():
         assert used == pytest.approx(expected, abs=1e-9)
     student = Net()
     ema = EMATeacher(student, decay=0.99)
-    for _ in range(1000):  # slow approach: after 1000 updates the decay in use is still 0.98994 (reference)
+    for _ in range(
+        1000
+    ):  # slow approach: after 1000 updates the decay in use is still 0.98994 (M18)
         ema.update(student)
     assert ema.decay_used == pytest.approx(0.98994, abs=1e-5) and ema.decay_used < 0.99
 
@@ -54,21 +60,28 @@ def test_update_averages_parameters_and_copies_buffers():
     assert all(torch.all(p == 1.0) for p in ema.teacher.parameters())
     set_params(student, 3.0)
     ema.update(student)
-    assert all(torch.allclose(p, torch.full_like(p, 2.01), rtol=0, atol=1e-12) for p in ema.teacher.parameters())
+    assert all(
+        torch.allclose(p, torch.full_like(p, 2.01), rtol=0, atol=1e-12)
+        for p in ema.teacher.parameters()
+    )
     assert ema.teacher.counter.item() == 3.0  # buffer copied, not averaged
     assert ema.teacher is not student and not any(p.requires_grad for p in ema.teacher.parameters())
     assert ema.num_updates == 2
 
 
 def test_constant_decay_option():
-    # warmup=False: every update uses the decay itself: 0.9 * 0 + 0.1 * 1 = 0.1, then 0.9 * 0.1 + 0.1 * 1 = 0.19
+    # warmup=False: every update uses the decay itself: 0.9 * 0 + 0.1 * 1 = 0.1, then 0.9 * 0.1 +
+    # 0.1 * 1 = 0.19
     student = Net()
     set_params(student, 0.0)
     ema = EMATeacher(student, decay=0.9, warmup=False)
     set_params(student, 1.0)
     ema.update(student)
     ema.update(student)
-    assert all(torch.allclose(p, torch.full_like(p, 0.19), rtol=0, atol=1e-12) for p in ema.teacher.parameters())
+    assert all(
+        torch.allclose(p, torch.full_like(p, 0.19), rtol=0, atol=1e-12)
+        for p in ema.teacher.parameters()
+    )
 
 
 def test_decay_zero_is_the_student_and_decay_one_is_frozen():

@@ -1,12 +1,14 @@
 """The linear (rectified-flow / OT) transport used by TwinFlow, RCGM and UCGM.
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 2 (flow matching background).
-Faithful to the official TwinFlow code `tutorials/mnist/methodes.py` (lines 63-66, 137-139 and the
-`forward` inversion at 268-274) and `src/methodes/twinflow/twinflow.py` (lines 65-75, 177-178, 378-382),
-written directly for the linear schedule (the official `alpha/gamma` indirection with the hard-coded
-denominator `dent = -1` is the same algebra, see reference B14).
+Paper: TwinFlow (arXiv:2512.05150), Sec. 2 (flow matching background); derivation in
+docs/math.md#time-convention and docs/math.md#inversion. Faithful to the official TwinFlow code
+(`tutorials/mnist/methodes.py` and `src/methodes/twinflow/twinflow.py`: `alpha_in` / `gamma_in`,
+`prepare_inputs` and the `forward` inversion), written directly for the linear schedule; the
+official `alpha/gamma` indirection with the hard-coded denominator `dent = -1` is the same algebra
+(B14 in docs/math.md#official-differences).
 
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake branch.
+Time convention (stated here once for the whole package; other files link to it):
+x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake (twin) branch.
 The network F(x_t, t, t_tgt) is the *average velocity* from time t to the target time t_tgt, so the
 any-step jump is x_{t_tgt} = x_t - (t - t_tgt) * F. Time may be signed; the interpolation and the
 inversion use |t| (the sign only tells the network which trajectory it is on).
@@ -14,7 +16,6 @@ inversion use |t| (the sign only tells the network which trajectory it is on).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
@@ -25,8 +26,8 @@ def check_time(t: Tensor, name: str = "t") -> Tensor:
         raise ValueError(f"{name} must be a 1-D tensor of shape (B,), got {shape}; "
                          f"pass one time per sample, e.g. torch.full((B,), 0.5)")
     if t.numel() and bool((t.abs() > 1).any()):
-        raise ValueError(f"{name} must lie in [-1, 1] (t = 1 is noise, negative t is the fake branch); "
-                         f"got values from {t.min().item():.4g} to {t.max().item():.4g}")
+        raise ValueError(f"{name} must lie in [-1, 1] (t = 1 is noise, negative t is the fake "
+                         f"branch); got values from {t.min().item():.4g} to {t.max().item():.4g}")
     return t
 
 
@@ -38,20 +39,20 @@ def expand_time(t: Tensor, like: Tensor) -> Tensor:
 
 
 def interpolate(x: Tensor, z: Tensor, t: Tensor) -> Tensor:
-    """x_t = (1 - |t|) * x + |t| * z  (reference TUT L137, SRC L177)."""
+    """x_t = (1 - |t|) * x + |t| * z  (docs/math.md#time-convention)."""
     t = expand_time(check_time(t), x).abs()
     return (1 - t) * x + t * z  # (B, ...)
 
 
 def velocity_target(x: Tensor, z: Tensor) -> Tensor:
-    """Conditional flow-matching velocity v = dx_t/dt = z - x  (reference TUT L139, SRC L178)."""
+    """Conditional flow-matching velocity v = dx_t/dt = z - x  (docs/math.md#time-convention)."""
     return z - x
 
 
 def invert(x_t: Tensor, F: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """Data and noise estimates from a velocity: x_hat = x_t - |t| F, z_hat = x_t + (1 - |t|) F.
 
-    Reference `forward` (TUT L268-274, SRC L378-382). With F = z - x this returns (x, z) exactly.
+    Official `forward` (TUT, SRC); docs/math.md#inversion. With F = z - x it returns (x, z).
     """
     t = expand_time(check_time(t), x_t).abs()
     x_hat = x_t - t * F
@@ -60,5 +61,7 @@ def invert(x_t: Tensor, F: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def jump(x_t: Tensor, F: Tensor, t: Tensor, t_tgt: Tensor) -> Tensor:
-    """Any-step jump x_{t_tgt} = x_t - (|t| - |t_tgt|) F  (= (1 - |t_tgt|) x_hat + |t_tgt| z_hat, §1.2)."""
+    """Any-step jump x_{t_tgt} = x_t - (|t| - |t_tgt|) F = (1 - |t_tgt|) x_hat + |t_tgt| z_hat.
+
+    docs/math.md#inversion."""
     return x_t - expand_time(t.abs() - t_tgt.abs(), x_t) * F
