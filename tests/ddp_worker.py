@@ -1,0 +1,270 @@
+"""Processes for tests/test_distributed.py: `spawn` and the 2-process DDP checks (`main`, gloo).
+
+`spawn(fn, world_size, *args)` forks `world_size` processes from the test process (fast: torch is
+already imported) and gives each torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), so code under test reads it exactly as under torchrun. `main(out_dir)` also runs as
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
+
+Every rank runs the same checks and saves what it saw to OUT_DIR/rank<r>.pt; the test compares.
+The step under test is built from public pieces (twinflow_losses, flow_matching_loss,
+sample_training_inputs, EMATeacher) wrapped by twinflow_min.distributed, with the per-row draws made
+once per rank from the rank's generator (rank_seed) and shared with rank 0's single-process
+reference. Time convention: see twinflow_min/transport.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twinflow_min.distributed import (  # noqa: E402
+    PeerFailed,
+    gather_rank_states,
+    micro_step_sync,
+    rank_rng_states,
+    rank_seed,
+    start_distributed,
+    wrap_loss,
+)
+from twinflow_min.ema import EMATeacher  # noqa: E402
+from twinflow_min.model import build_model  # noqa: E402
+from twinflow_min.twinflow import (  # noqa: E402
+    TwinFlowOptions,
+    flow_matching_loss,
+    sample_training_inputs,
+    twinflow_losses,
+)
+
+SEED, BATCH, NUM_CLASSES = 7, 8, 4
+RECIPES = {"fm": None, "tutorial": TwinFlowOptions(),
+           "large": TwinFlowOptions(recipe="large", time_weighting=True)}
+TINY_DIT = dict(input_size=8, patch_size=2, in_channels=3, num_classes=NUM_CLASSES,
+                hidden_size=32, depth=2, num_heads=2)
+
+
+def make_student(kind: str, **overrides) -> torch.nn.Module:
+    torch.manual_seed(SEED)  # identical initialisation on every rank
+    if kind == "toy":
+        return build_model("toy", **overrides)
+    return build_model("CIFAR-T/2", **{**TINY_DIT, **overrides})
+
+
+def draw(kind: str, recipe: str, generator: torch.Generator, micro_batches: int = 1) -> list:
+    """[(x, y, inputs) per micro-batch] from one rank's generator, as training draws them."""
+    out = []
+    for micro_step in range(micro_batches):
+        if kind == "toy":
+            x, y = torch.randn(BATCH, 2, generator=generator) * 0.5 + 1.0, None
+        else:
+            x = torch.rand(BATCH, 3, 8, 8, generator=generator) * 2 - 1
+            y = torch.randint(NUM_CLASSES + 1, (BATCH,), generator=generator)  # null rows too
+        if RECIPES[recipe] is None:
+            inputs = {"z": torch.randn(x.shape, generator=generator),
+                      "t": torch.rand(BATCH, generator=generator)}
+        else:
+            inputs = sample_training_inputs(x, generator, recipe=RECIPES[recipe].recipe,
+                                            accumulation_index=micro_step,
+                                            accumulation_steps=micro_batches)
+        out.append((x, y, inputs))
+    return out
+
+
+class FixedDraws:
+    """An objective (twinflow_min/objective.py signature) that uses draws made beforehand.
+
+    A class-conditional model also trains the CFG-enhanced target (enhanced_ratio 0.5), so the
+    teacher's null-class passes run inside the DDP forward too.
+    """
+
+    def __init__(self, recipe: str, draws: list, conditional: bool):
+        self.options, self.draws = RECIPES[recipe], draws
+        if self.options is not None and conditional:
+            self.options = dataclasses.replace(self.options, enhanced_ratio=0.5)
+
+    def __call__(self, model, teacher, x, y, *, step: int, micro_step: int) -> dict:
+        inputs = self.draws[micro_step][2]
+        if self.options is None:
+            return flow_matching_loss(model, x, y, z=inputs["z"], t=inputs["t"])
+        y_null = None if y is None else torch.full_like(y, NUM_CLASSES)
+        return twinflow_losses(model, teacher, x, y, y_null=y_null, **inputs, options=self.options)
+
+
+def cat_draws(per_rank: list) -> list:
+    """The whole batch of every micro-step: the ranks' rows one after the other."""
+    whole = []
+    for parts in zip(*per_rank):
+        x = torch.cat([p[0] for p in parts])
+        y = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+        inputs = {key: torch.cat([p[2][key] for p in parts]) for key in parts[0][2]}
+        whole.append((x, y, inputs))
+    return whole
+
+
+def rank_generator(rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(rank_seed(SEED, rank))
+
+
+def one_step_equivalence(run, kind: str, recipe: str, micro_batches: int) -> dict:
+    """Gradients of one DDP step (this rank's rows) vs one process on every rank's rows."""
+    per_rank = [draw(kind, recipe, rank_generator(r), micro_batches) for r in range(run.world_size)]
+    student = make_student(kind)
+    teacher = EMATeacher(student, decay=0.9)
+    teacher.update(student)
+    mine = per_rank[run.rank]
+    module = wrap_loss(student, FixedDraws(recipe, mine, kind == "dit"), run)
+    for micro_step, (x, y, _) in enumerate(mine):
+        with micro_step_sync(module, micro_step, micro_batches):
+            terms = module(teacher.teacher, x, y, micro_step=micro_step, step=0)
+            (terms["loss"] / micro_batches).backward()
+    ddp_grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.requires_grad}
+
+    reference = make_student(kind)
+    ref_teacher = EMATeacher(reference, decay=0.9)
+    ref_teacher.update(reference)
+    whole = cat_draws(per_rank)
+    objective = FixedDraws(recipe, whole, kind == "dit")
+    for micro_step, (x, y, _) in enumerate(whole):
+        terms = objective(reference, ref_teacher.teacher, x, y, step=0, micro_step=micro_step)
+        (terms["loss"] / micro_batches).backward()
+    ref_grads = {n: p.grad.clone() for n, p in reference.named_parameters() if p.requires_grad}
+    return {"ddp": ddp_grads, "reference": ref_grads, "loss_names": sorted(terms)}
+
+
+def train_few_steps(run, kind: str, recipe: str, steps: int = 3, micro_batches: int = 2,
+                    **model_overrides) -> dict:
+    """A few AdamW steps with each rank's own draws; the state every rank ends with."""
+    generator = rank_generator(run.rank)
+    student = make_student(kind, **model_overrides)
+    teacher = EMATeacher(student, decay=0.9)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    objective = FixedDraws(recipe, [], kind == "dit")
+    module = wrap_loss(student, objective, run)
+    reduces_per_micro_step: list[int] = []  # gradient buckets all-reduced in each micro-step
+    if run.enabled:
+        module.register_comm_hook(reduces_per_micro_step, counting_allreduce_hook)
+    for step in range(steps):
+        teacher.update(student)
+        objective.draws = draw(kind, recipe, generator, micro_batches)
+        for micro_step, (x, y, _) in enumerate(objective.draws):
+            reduces_per_micro_step.append(0)
+            with micro_step_sync(module, micro_step, micro_batches):
+                terms = module(teacher.teacher, x, y, step, micro_step)
+                (terms["loss"] / micro_batches).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    teacher.update(student)
+    return {"student": {k: v.clone() for k, v in student.state_dict().items()},
+            "teacher": {k: v.clone() for k, v in teacher.teacher.state_dict().items()},
+            "reduces": reduces_per_micro_step,
+            "first_x": draw(kind, recipe, rank_generator(run.rank))[0][0]}
+
+
+def counting_allreduce_hook(counts: list, bucket):
+    """DDP's default all-reduce (mean over ranks), counting the buckets reduced per micro-step."""
+    import torch.distributed as dist
+    counts[-1] += 1
+    tensor = bucket.buffer().div_(dist.get_world_size())
+    return dist.all_reduce(tensor, async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+def unused_parameter_error(run) -> str:
+    """Negative control: a student with a parameter outside the graph must stop DDP at step 2."""
+    student = make_student("toy")
+    student.unused = torch.nn.Parameter(torch.zeros(3))
+    draws = draw("toy", "fm", rank_generator(run.rank))
+    module = wrap_loss(student, FixedDraws("fm", draws, False), run)
+    try:
+        for step in range(2):
+            x, y, _ = draws[0]
+            module(student, x, y, step, 0)["loss"].backward()
+    except RuntimeError as error:
+        return str(error)
+    return ""
+
+
+def failure_agreement(run) -> dict:
+    """Rank 1 raises in guarded(); every rank must stop, rank 0 with PeerFailed naming rank 1."""
+    try:
+        with run.guarded():
+            if run.rank == 1:
+                raise ValueError("bad batch on purpose\nsecond line")
+    except PeerFailed as error:
+        return {"kind": "PeerFailed", "rank": error.rank, "error_kind": error.kind,
+                "message": error.message}
+    except ValueError as error:
+        return {"kind": "ValueError", "message": str(error)}
+    with run.guarded():
+        pass  # nobody fails: passes through on every rank
+    return {"kind": "none"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _child(rank: int, fn, world_size: int, port: int, args: tuple) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    fn(*args)
+
+
+def spawn(fn, world_size: int, *args, timeout: float = 240.0) -> None:
+    """Run fn(*args) in `world_size` forked processes with torchrun's environment; wait for all.
+
+    A child that raises makes this raise (torch.multiprocessing kills the others); a run still going
+    after `timeout` seconds is killed and reported as a hang.
+    """
+    context = mp.start_processes(_child, args=(fn, world_size, free_port(), args),
+                                 nprocs=world_size, join=False, start_method="fork")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"{world_size} processes still running after {timeout:.0f} s (hang)")
+
+
+def main(out_dir: str) -> None:
+    torch.set_num_threads(1)
+    run = start_distributed("cpu")
+    results: dict = {"rank": run.rank, "world_size": run.world_size, "timings": {}}
+    tic = time.perf_counter()
+    for kind in ("toy", "dit"):
+        for recipe in RECIPES:
+            results[f"equal/{kind}/{recipe}"] = one_step_equivalence(run, kind, recipe, 1)
+    results["equal/toy/tutorial/accumulate"] = one_step_equivalence(run, "toy", "tutorial", 2)
+    results["timings"]["equivalence"] = time.perf_counter() - tic
+    tic = time.perf_counter()
+    for kind in ("toy", "dit"):
+        for recipe in RECIPES:
+            results[f"train/{kind}/{recipe}"] = train_few_steps(run, kind, recipe)
+    results["train/dit/tutorial/checkpointing"] = train_few_steps(
+        run, "dit", "tutorial", steps=2, micro_batches=1, gradient_checkpointing=True)
+    results["timings"]["training"] = time.perf_counter() - tic
+    generator = rank_generator(run.rank)
+    tensors, data_states = gather_rank_states(run, {"rng.train": generator.get_state()},
+                                              {"rank": run.rank})
+    results["rank_states"] = {"tensors": tensors, "data_states": data_states,
+                              "mine": rank_rng_states(tensors, run.rank)["rng.train"]}
+    results["any"] = [run.any(run.rank == 1), run.any(False)]
+    results["failure"] = failure_agreement(run)
+    results["unused"] = unused_parameter_error(run)
+    torch.save(results, Path(out_dir) / f"rank{run.rank}.pt")
+    run.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

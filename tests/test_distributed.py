@@ -1,0 +1,190 @@
+"""More than one process: DDP on CPU with gloo (twinflow_min/distributed.py, issue 15).
+
+Two forked processes (tests/ddp_worker.py) train the toy and a tiny class-conditional DiT with
+flow matching and both TwinFlow recipes. The single-process reference of the equivalence test runs
+the same public loss (twinflow_losses / flow_matching_loss) on every rank's rows at once.
+"""
+
+import multiprocessing
+
+import ddp_worker
+import pytest
+import torch
+import torch.distributed as dist
+
+from twinflow_min.data_sources import SetupError
+from twinflow_min.distributed import (
+    DistributedRun,
+    LossModule,
+    PeerFailed,
+    check_world_size,
+    gather_rank_states,
+    micro_step_sync,
+    rank_rng_states,
+    rank_seed,
+    start_distributed,
+    wrap_loss,
+)
+from twinflow_min.model import build_model
+
+needs_gloo = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()
+         and "fork" in multiprocessing.get_all_start_methods()),
+    reason="needs torch.distributed with gloo and the fork start method (Linux, macOS)")
+
+ENV = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+       "MASTER_PORT": "29500"}
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What rank 0 and rank 1 of one 2-process run of ddp_worker.main saw."""
+    out = tmp_path_factory.mktemp("ddp")
+    ddp_worker.spawn(ddp_worker.main, 2, str(out))
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+# ------------------------------------------------------------------------ without a process group
+
+def test_rank_seed_keeps_rank_0_and_spreads_the_others():
+    assert rank_seed(7, 0) == 7
+    assert rank_seed(2**63 - 1, 0) == 2**63 - 1
+    # by hand: 0x9E3779B97F4A7C15 = 11400714819323198485; minus 2^63 = 2177342782468422677; + 7
+    assert rank_seed(7, 1) == 2177342782468422684
+    assert rank_seed(7, 1) != rank_seed(8, 0)
+    seeds = {rank_seed(0, rank) for rank in range(1024)}
+    assert len(seeds) == 1024
+    assert all(0 <= seed < 2**63 for seed in seeds)
+
+
+def test_plain_run_is_a_pass_through():
+    run = start_distributed("cpu", environ={})
+    assert (run.enabled, run.rank, run.world_size, run.is_main) == (False, 0, 1, True)
+    student = build_model("toy")
+    module = wrap_loss(student, lambda model, teacher, x, y, *, step, micro_step: {"m": model},
+                       run)
+    assert type(module) is LossModule
+    assert module(None, None, None, 0, 0)["m"] is student
+    with micro_step_sync(module, 0, 4):
+        pass
+    with pytest.raises(ValueError, match="not swallowed"):
+        with run.guarded():
+            raise ValueError("not swallowed")
+    assert run.any(True) and not run.any(False)
+    assert run.gather({"a": 1}) == [{"a": 1}]
+    state = torch.Generator().manual_seed(3).get_state()
+    tensors, data_states = gather_rank_states(run, {"rng.train": state}, {"epoch": 2})
+    assert list(tensors) == ["rng.train"] and torch.equal(tensors["rng.train"], state)
+    assert data_states == [{"epoch": 2}]
+
+
+@pytest.mark.parametrize("environ, device, match", [
+    ({"WORLD_SIZE": "2"}, "cpu", "RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT is not"),
+    ({**ENV, "RANK": "2"}, "cpu", "RANK=2 is not below WORLD_SIZE=2"),
+    ({**ENV, "RANK": "one"}, "cpu", "RANK='one' in the environment is not"),
+    ({**ENV, "WORLD_SIZE": "0", "RANK": "0"}, "cpu", "WORLD_SIZE=0"),
+    (ENV, "cuda:1", "each process takes the GPU of its LOCAL_RANK"),
+    (ENV, "mps", "use --device cuda"),
+    ({}, "gpu", "not a device name"),
+])
+def test_bad_launch_is_one_line(environ, device, match):
+    with pytest.raises(SetupError, match=match) as caught:
+        start_distributed(device, environ=environ)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only machine")
+def test_cuda_under_torchrun_without_a_gpu_is_refused():
+    with pytest.raises(SetupError, match="no CUDA GPU; use --device cpu"):
+        start_distributed("cuda", environ=ENV)
+
+
+def test_resume_with_another_world_size_is_refused():
+    two = DistributedRun(rank=0, world_size=2, enabled=True)
+    check_world_size(2, two, "run/checkpoint.safetensors")
+    with pytest.raises(SetupError, match=r"trained with 4 process\(es\), this is 2; .*"
+                                         r"torchrun --nproc_per_node 4 train.py --resume"):
+        check_world_size(4, two, "run/checkpoint.safetensors")
+    with pytest.raises(SetupError, match="with 1 process.*: python train.py --resume"):
+        check_world_size(1, two, "run/checkpoint.safetensors")
+
+
+# ------------------------------------------------------------------------ two processes (gloo)
+
+CASES = [f"{kind}/{recipe}" for kind in ("toy", "dit") for recipe in ("fm", "tutorial", "large")]
+
+
+@needs_gloo
+@pytest.mark.parametrize("case", CASES + ["toy/tutorial/accumulate"])
+def test_one_ddp_step_equals_one_step_on_the_whole_batch(ranks, case):
+    """Gradients of DDP on two halves == one process on the whole batch, same per-row draws.
+
+    The loss is a mean over rows (the large recipe: a sum over the micro-batch / B) and DDP averages
+    the ranks' gradients, so the two are equal up to float32 rounding of sums taken in another
+    order (8 rows vs 16; observed <= 5e-7 at gradients up to 3). With accumulation, the 2
+    micro-steps per rank run under no_sync / sync and the reference sums 2 micro-steps of 16 rows.
+    """
+    rank0, rank1 = ranks[0][f"equal/{case}"], ranks[1][f"equal/{case}"]
+    assert rank0["ddp"].keys() == rank0["reference"].keys()
+    for name, grad in rank0["ddp"].items():
+        assert torch.equal(grad, rank1["ddp"][name]), name  # one all-reduce: the same bits
+        torch.testing.assert_close(grad, rank0["reference"][name], rtol=1e-5, atol=2e-6,
+                                   msg=lambda text, name=name: f"{case} {name}: {text}")
+    recipe = case.split("/")[1]
+    if recipe != "fm":  # every TwinFlow term is in the step
+        assert {"loss_base", "loss_adv", "loss_rectify"} <= set(rank0["loss_names"])
+
+
+@needs_gloo
+@pytest.mark.parametrize("case", CASES + ["dit/tutorial/checkpointing"])
+def test_ranks_end_with_identical_weights_and_teacher(ranks, case):
+    """A few AdamW steps on each rank's own data: student and EMA teacher equal bit for bit.
+
+    Also the proof for find_unused_parameters=False: every case trains >= 2 steps (an unused or
+    twice-marked parameter would raise at the second forward), including gradient checkpointing.
+    """
+    rank0, rank1 = ranks[0][f"train/{case}"], ranks[1][f"train/{case}"]
+    assert not torch.equal(rank0["first_x"], rank1["first_x"])  # each rank draws its own data
+    for part in ("student", "teacher"):
+        for name, value in rank0[part].items():
+            assert torch.equal(value, rank1[part][name]), f"{part} {name}"
+
+
+@needs_gloo
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_are_all_reduced_once_per_optimizer_step(ranks, case):
+    """2 micro-steps per step: no bucket all-reduced in the first (no_sync), some in the last."""
+    reduces = ranks[0][f"train/{case}"]["reduces"]
+    assert len(reduces) == 6
+    assert reduces[0::2] == [0, 0, 0]
+    assert all(count >= 1 for count in reduces[1::2])
+
+
+@needs_gloo
+def test_an_unused_parameter_is_caught(ranks):
+    """Negative control of the test above: a parameter outside the graph stops DDP at step 2."""
+    for rank in ranks:
+        assert "Expected to have finished reduction" in rank["unused"]
+
+
+@needs_gloo
+def test_a_failing_rank_stops_every_rank_with_its_message(ranks):
+    assert ranks[1]["failure"] == {"kind": "ValueError",
+                                   "message": "bad batch on purpose\nsecond line"}
+    assert ranks[0]["failure"] == {"kind": "PeerFailed", "rank": 1, "error_kind": "ValueError",
+                                   "message": "bad batch on purpose"}
+    assert str(PeerFailed(1, "ValueError", "bad batch")) == "rank 1: bad batch"
+    assert ranks[0]["any"] == ranks[1]["any"] == [True, False]
+
+
+@needs_gloo
+def test_checkpoint_states_hold_every_rank(ranks):
+    """Rank 0 keeps the single-process keys; rank 1's states come back under its own rank."""
+    saved = ranks[0]["rank_states"]["tensors"]
+    assert sorted(saved) == ["rng.rank1.train", "rng.train"]
+    for rank in (0, 1):
+        mine = ranks[rank]["rank_states"]["mine"]
+        assert torch.equal(rank_rng_states(saved, rank)["rng.train"], mine)
+        assert torch.equal(mine, torch.Generator().manual_seed(rank_seed(7, rank)).get_state())
+    assert ranks[0]["rank_states"]["data_states"] == [{"rank": 0}, {"rank": 1}]
+    assert rank_rng_states(saved, 2) == {}
