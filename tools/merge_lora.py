@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("adapter", help="adapter .safetensors (lora.save_adapter, LoRA checkpoint)")
     parser.add_argument("output", help="merged model .safetensors to write")
-    parser.add_argument("--base", default=None,
+    parser.add_argument("--base", default=None, metavar="FILE",
                         help="base model file (default: the path in the adapter's metadata)")
     parser.add_argument("--weights", default="auto", choices=("ema", "model"),
                         help="ema: the teacher values (default when present); model: the student")
