@@ -55,7 +55,7 @@ def group_proportions(share: float) -> list[float]:
 
 def share_flags(share: float) -> list[str]:
     """train.py flags of one sweep point (the mapping of the module docstring)."""
-    proportions = ",".join(f"{p:.6g}" for p in group_proportions(share))
+    proportions = ",".join(repr(p) for p in group_proportions(share))  # exact: JSON floats
     flags = ["--twinflow_recipe", "large", "--twinflow_group_proportions", proportions]
     return flags + (["--twinflow_adversarial_enabled", "false"] if share == 0 else [])
 
