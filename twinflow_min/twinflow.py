@@ -679,7 +679,3 @@ def sample_training_inputs(x: Tensor, generator: torch.Generator, *, recipe: str
     return {"z": torch.randn(x.shape, **draw), "t": t, "t_tgt": t_tgt,
             "z_rect": torch.randn(x.shape, **draw), "s_rect": torch.rand(batch, **draw)}
 
-
-# Bridge until twinflow_min/__init__.py imports twinflow_large (which fills LARGE_RECIPE): this last
-# line is the only upward import; delete it once the package __init__ registers the large recipe.
-from twinflow_min import twinflow_large  # noqa: E402,F401
