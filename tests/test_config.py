@@ -59,9 +59,10 @@ SIMPLETUNER_GUIDE_KEYS = (
 
 
 def write_config(tmp_path: Path, **changes) -> str:
-    """The example config with `changes` applied (a value None is written as JSON null)."""
+    """The example config with `changes` (None is written as JSON null; ... drops the key)."""
     values = json.loads(EXAMPLE.read_text())
     values.update(changes)
+    values = {key: value for key, value in values.items() if value is not ...}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(values))
     return str(path)
@@ -259,8 +260,10 @@ def test_allowed_ways_out_are_accepted(tmp_path):
     assert len(notes) == 1 and "not used" in str(notes[0].message)
     weights = tmp_path / "toy.safetensors"
     weights.write_bytes(b"")
-    cfg = from_file(tmp_path, pretrained_model_name_or_path=str(weights))
+    cfg = from_file(tmp_path, pretrained_model_name_or_path=str(weights), model=...)
     assert cfg.pretrained_model_name_or_path == str(weights)
+    with pytest.warns(ConfigWarning, match="model = 'toy' is not used: the pretrained file"):
+        from_file(tmp_path, pretrained_model_name_or_path=str(weights))  # "model" in the file
 
 
 # One non-default value per option only the large recipe (official SRC) reads.
@@ -466,7 +469,7 @@ def test_frozen_teacher_switches_of_the_large_recipe(tmp_path):
     # on F_null (docs/math.md#ema-teacher)
     weights = tmp_path / "pretrained.safetensors"
     weights.write_bytes(b"")  # existence is all the config checks
-    frozen = {"twinflow_recipe": "large", "ema_decay": 1.0, PRETRAINED: str(weights)}
+    frozen = {"twinflow_recipe": "large", "ema_decay": 1.0, PRETRAINED: str(weights), "model": ...}
     options = from_file(tmp_path, **frozen).twinflow_options()
     assert (options.rcgm_teacher_is_student, options.enhance_around_null) == (True, False)
     image_free = resolve_config(["--config", write_config(tmp_path, **frozen), "--image-free"])

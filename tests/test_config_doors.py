@@ -199,6 +199,18 @@ def test_lora_settings_with_full_fine_tuning_get_one_note():
                    "(set model_type: lora for adapters)"
 
 
+def test_settings_the_user_wrote_that_would_not_be_read(tmp_path, pretrained):
+    message = refused(["--lr_decay_steps", "500", "--lr_schedule", "constant"])
+    assert message.startswith("lr_decay_steps = 500 sets the length of the cosine schedule")
+    assert "set lr_schedule: cosine" in message
+    path = tmp_path / "constant.json"
+    path.write_text(json.dumps({"lr_decay_steps": 50}))  # dataclass default: constant schedule
+    assert "lr_decay_steps = 50" in refused(["--config", str(path)])
+    assert accepted(["--lr_decay_steps", "500"]).lr_decay_steps == 500  # toy preset: cosine
+    message = refused(["--pretrained", pretrained, "--image-free", "--model", "CIFAR-B/2"])
+    assert message.startswith("model = 'CIFAR-B/2' is not used: the pretrained file defines")
+
+
 def test_md5_switch_without_cifar_files_gets_one_note():
     assert only_note(["--data_check_md5", "false"]).startswith("data_check_md5 is not used")
 

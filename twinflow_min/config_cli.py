@@ -175,6 +175,23 @@ def _check_resume_flags(flags: dict, start: dict) -> None:
                           "or start a new run")
 
 
+def _check_given_keys(cfg: TrainConfig, flags: set[str], file_keys: set[str]) -> list[str]:
+    """Keys the user wrote that this config would never read: refused on the command line
+    (clearly meant), one note from a --config file (often a template)."""
+    if "lr_decay_steps" in flags | file_keys and cfg.lr_schedule != "cosine":
+        raise ConfigError(f"lr_decay_steps = {cfg.lr_decay_steps!r} sets the length of the cosine "
+                          f"schedule, but lr_schedule is {cfg.lr_schedule!r}; set lr_schedule: "
+                          "cosine (or drop lr_decay_steps)")
+    if cfg.pretrained_model_name_or_path is None:
+        return []
+    unused = f"model = {cfg.model!r} is not used: the pretrained file defines the architecture"
+    if "model" in flags:
+        raise ConfigError(f"{unused}; drop --model (or the pretrained file)")
+    if "model" in file_keys:
+        return [unused]
+    return []
+
+
 def resolve_config(argv: list[str] | None = None,
                    description: str = "Train TwinFlow.") -> TrainConfig:
     """parse -> load JSON (if any) -> check keys and types -> build -> validate.
@@ -203,7 +220,9 @@ def resolve_config(argv: list[str] | None = None,
     if flags.get("resume"):
         _check_resume_flags(flags, start)
     cfg = TrainConfig(**{**start, **flags})
-    for note in validate(cfg):
+    file_keys = set(start) if config_path is not None else set()
+    notes = validate(cfg) + _check_given_keys(cfg, set(flags), file_keys)
+    for note in notes:
         warnings.warn(note, ConfigWarning, stacklevel=2)
     return cfg
 
