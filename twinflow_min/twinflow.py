@@ -452,11 +452,11 @@ def tutorial_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt
     twin_branch = twin_branch_on(options)
 
     # 0. v~, the velocity target with CFG baked in (docs/math.md#cfg-target; TUT `enhance_target`).
-    #    The teacher passes replay the RNG state of the student pass below (docs/math.md#rng-replay).
+    #    Teacher passes replay the RNG state of the student pass below (docs/math.md#rng-replay).
     rng_state = capture_rng_state(x.device)
     v_tilde = enhance_target(teacher, x_t, t, v, y, y_null, options.enhanced_ratio,
                              rng_state=rng_state)  # (B, ...)
-    # Every student output and RCGM target the blocks read, batched into few calls (`tutorial_passes`)
+    # Every student output and RCGM target the blocks read, batched by `tutorial_passes`
     F, rcgm = tutorial_passes(model, teacher, x_t, t, t_tgt, z, y, v_tilde, rng_state, options)
 
     # 1. L_base: any-step RCGM loss on (x_t, t -> t_tgt)  (paper Sec. 3; docs/math.md#rcgm-target;
@@ -480,7 +480,7 @@ def tutorial_losses(model, teacher, x: Tensor, y, *, z: Tensor, t: Tensor, t_tgt
         terms["loss_adv"] = per_sample_loss(F["adv"], velocity_target(x_fake, z), options).mean()
 
     # 5. L_rectify (paper Eq. 9): ell(F_fake, sg(F_fake - delta_v)) with delta_v = v_fake - v_real
-    #    (paper Eq. 7) at y_s = s z' + (1 - s) sg(x_fake)  (docs/math.md#rectify-loss; TUT `dist_match`)
+    #    (Eq. 7) at y_s = s z' + (1 - s) sg(x_fake)  (docs/math.md#rectify-loss; TUT `dist_match`)
     if options.rectify_weight > 0:
         delta_v = rectify_delta_v(model, x_fake, y, z=z_rect, s=s_rect, clip=options.rectify_clip)
         target_rectify = (F["fake"] - delta_v).detach()  # (B, ...)
