@@ -91,6 +91,11 @@ def pretrained(tmp_path) -> str:
     (["--validation_nfe", "0,1"], "step counts >= 1"),
     (["--validation_nfe", "1,x"], "integer"),
     (["--label_dropout", "1"], "[0, 1)"),
+    (["--seed", "0x10"], "expected an integer, got '0x10'; write a decimal number"),
+    (["--validation_nfe", "1,2,99999999999999999999"], "64-bit"),
+    (["--twinflow_time_dist", "1,1"], "[a, b, scale]"),
+    (["--twinflow_group_proportions", "1,1,1,nan", "--twinflow_recipe", "large"], "finite"),
+    (["--output_dir", ""], "must name a folder"),
 ])
 def test_numbers_are_checked_at_the_door(argv, phrase):
     key = next(word for word in argv if word.startswith("--")).lstrip("-")
@@ -159,6 +164,17 @@ def test_config_files_that_are_not_a_json_object(tmp_path, content, phrase):
 def test_config_paths_that_are_not_files(tmp_path):
     assert "cannot read it" in refused(["--config", str(tmp_path)])  # a folder
     assert "cannot read it" in refused(["--config", str(tmp_path / "missing.json")])
+    path = tmp_path / "a.json"
+    path.write_text("{}")
+    assert "--config is given twice" in refused(["--config", str(path), "--config", str(path)])
+
+
+def test_resume_paths_that_are_not_checkpoints(tmp_path):
+    assert refused(["--resume", str(tmp_path)]).startswith("resume: no checkpoint at ")
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not a checkpoint")
+    assert refused(["--resume", str(text)]).startswith(f"resume: cannot read {text}")
+    assert "no checkpoint at" in refused(["--resume", str(tmp_path / "missing")])
 
 
 def test_a_byte_order_mark_is_fine(tmp_path):

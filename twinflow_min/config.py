@@ -347,8 +347,9 @@ def _coerce_number(key: str, value, base, where: str):
     kind = "an integer" if base is int else "a number"
     got = f"got {_shown(value)}"
     if not is_real(value, allow_inf=True):
-        is_bool = isinstance(value, bool)
-        fix = "booleans are not numbers" if is_bool else "write a number without quotes"
+        in_json = "command line" not in where  # JSON: a quoted "1e-4" is a string
+        fix = "write a number without quotes" if in_json else "write a decimal number, e.g. 1e-4"
+        fix = "booleans are not numbers" if isinstance(value, bool) else fix
         raise ConfigError(f"{key}{where}: expected {kind}, {got}; {fix}")
     if not is_real(value):
         raise ConfigError(f"{key}{where}: expected a finite {kind.split()[-1]}, {got}")

@@ -37,6 +37,16 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"command line: {message}")
 
 
+class _Once(argparse.Action):
+    """A flag that may be given once (a second --config would silently replace the first)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            raise ConfigError(f"command line: {option_string} is given twice; merge the files "
+                              "into one (flags after it override single keys)")
+        setattr(namespace, self.dest, values)
+
+
 ALIASES = {"--toy": "dataset", "--steps": "max_train_steps", "--batch-size": "train_batch_size",
            "--lr": "learning_rate", "--out": "output_dir",
            "--pretrained": "pretrained_model_name_or_path"}
@@ -62,7 +72,7 @@ def build_parser(description: str = "Train TwinFlow.") -> argparse.ArgumentParse
               "None: none.")
     parser = _Parser(description=description, argument_default=argparse.SUPPRESS,
                      allow_abbrev=False, epilog=epilog)
-    parser.add_argument("--config", metavar="FILE.json",
+    parser.add_argument("--config", metavar="FILE.json", action=_Once,
                         help="JSON config with these keys (SimpleTuner names)")
     boolean = dict(nargs="?", const="true", metavar="true|false")
     for key, field in FIELDS.items():
