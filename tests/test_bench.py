@@ -32,8 +32,10 @@ ONE_THREAD = ["--threads", "1"]  # the scripts' default, stated; the fixture bel
 
 
 @pytest.fixture(autouse=True)
-def restore_threads():
+def one_thread():
+    """One torch thread inside each test (fast on a busy 2-core machine), pytest's setting after."""
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
