@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fid-data", help="reference images: CIFAR-10 archive/folder or class folders"
     )
     parser.add_argument(
-        "--fid-cache", help="cache of the reference statistics " "(default <run>/fid_reference.npz)"
+        "--fid-cache", help="cache of the reference statistics (default <run>/fid_reference.npz)"
     )
     return parser
 
@@ -281,7 +281,7 @@ def _check_model(model, checkpoint: Path, class_label, options: dict) -> None:
         )
     if class_label is not None and class_label >= num_classes:
         raise SampleError(
-            f"--class-label must be in [0, {num_classes - 1}] for this model, " f"got {class_label}"
+            f"--class-label must be in [0, {num_classes - 1}] for this model, got {class_label}"
         )
     if options["cfg_scale"] > 0 and not num_classes:
         raise SampleError("--cfg-scale needs a class-conditional model; this one is unconditional")

@@ -1,16 +1,18 @@
 """Convert a released DiT / SiT / REPA `.pt` checkpoint into a safetensors file twinflow-min loads.
 
-    python tools/convert_checkpoint.py last.pt repa-sit-xl2.safetensors --convention repa [--dtype bf16|fp32]
+    python tools/convert_checkpoint.py last.pt repa-sit-xl2.safetensors --convention repa [--dtype
+    bf16|fp32]
 
-TwinFlow (arXiv:2512.05150) Sec. 4 starts from pretrained flow models; this one-time step keeps the runtime free
-of pickle. Facts mirrored: `willisma/SiT download.py` (weights may sit under "ema"), `sihyun-yu/REPA generate.py`
-(`torch.load(ckpt)["ema"]`, training-only `projectors.*`, legacy `decoder_blocks.*` renamed by `utils.py::
-load_legacy_checkpoints`), `facebookresearch/DiT download.py::find_model` (a plain state dict).
+TwinFlow (arXiv:2512.05150) Sec. 4 starts from pretrained flow models; this one-time step keeps the
+runtime free of pickle. Facts mirrored: `willisma/SiT download.py` (weights may sit under "ema"),
+`sihyun-yu/REPA generate.py` (`torch.load(ckpt)["ema"]`, training-only `projectors.*`, legacy
+`decoder_blocks.*` renamed by `utils.py:: load_legacy_checkpoints`), `facebookresearch/DiT
+download.py::find_model` (a plain state dict).
 
-Time convention of twinflow-min: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data. The file's own
-convention is recorded in the metadata: "sit" (willisma/SiT, x_t = t x + (1 - t) eps, F = -model(x, 1 - t)),
-"repa" (same as ours), "dit" (DDPM epsilon prediction on 1000 linear-beta steps, learned sigma; network time is
-the DDPM index, about 1000 t).
+Time convention of twinflow-min: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data. The
+file's own convention is recorded in the metadata: "sit" (willisma/SiT, x_t = t x + (1 - t) eps, F =
+-model(x, 1 - t)), "repa" (same as ours), "dit" (DDPM epsilon prediction on 1000 linear-beta steps,
+learned sigma; network time is the DDPM index, about 1000 t).
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def load_pickled_checkpoint(path: str) -> object:
 
 
 def select_state_dict(checkpoint: object) -> tuple[dict, str]:
-    """The weights inside a loaded checkpoint: a plain state dict, or the one under "ema" (preferred) / "model"."""
+    """The weights inside a loaded checkpoint: a plain state dict, or the one under "ema"
+    (preferred) / "model"."""
     if not isinstance(checkpoint, dict) or not checkpoint:
         raise ConversionError(
             f"expected a state dict or a dict holding one, got {type(checkpoint).__name__}"
@@ -114,8 +117,8 @@ def select_state_dict(checkpoint: object) -> tuple[dict, str]:
 
 
 def clean_state_dict(state: dict) -> tuple[dict, list[str], list[str]]:
-    """Strip a DDP "module." prefix, rename legacy REPA `decoder_blocks.i` to `blocks.(i + encoder depth)`,
-    drop training-only keys. Returns (state, dropped keys, renamed keys)."""
+    """Strip a DDP "module." prefix, rename legacy REPA `decoder_blocks.i` to `blocks.(i + encoder
+    depth)`, drop training-only keys. Returns (state, dropped keys, renamed keys)."""
     state = {
         (key[len("module.") :] if key.startswith("module.") else key): value
         for key, value in state.items()
@@ -301,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if summary["dropped"]:
         print(
-            f"dropped {len(summary['dropped'])} training-only tensors: {', '.join(summary['dropped'])}"
+            f"dropped {len(summary['dropped'])} training-only tensors: "
+            f"{', '.join(summary['dropped'])}"
         )
     if summary["renamed"]:
         print(f"renamed {len(summary['renamed'])} legacy REPA decoder_blocks tensors to blocks.*")

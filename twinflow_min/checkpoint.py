@@ -1,18 +1,20 @@
 """Load pretrained DiT / SiT / REPA weights (and twinflow-min's own files) into our TwinFlow `DiT`.
 
-TwinFlow (arXiv:2512.05150) Sec. 4 fine-tunes pretrained flow models (REPA SiT-XL/2 on ImageNet-256) into
-one-step generators; this is the loading half. It mirrors the facts of `facebookresearch/DiT download.py::
-find_model` and `willisma/SiT download.py` (a state dict, possibly under "ema") and nanoGPT's `from_pretrained`
-audit, but reads only safetensors: pickled `.pt` files go through `tools/convert_checkpoint.py` once.
+TwinFlow (arXiv:2512.05150) Sec. 4 fine-tunes pretrained flow models (REPA SiT-XL/2 on ImageNet-256)
+into one-step generators; this is the loading half. It mirrors the facts of `facebookresearch/DiT
+download.py:: find_model` and `willisma/SiT download.py` (a state dict, possibly under "ema") and
+nanoGPT's `from_pretrained` audit, but reads only safetensors: pickled `.pt` files go through
+`tools/convert_checkpoint.py` once.
 
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake branch.
-A file's own convention ("sit": x_t = t x + (1 - t) eps, so F = -model(x, 1 - t); "ours": REPA and TwinFlow;
-DiT epsilon prediction via diff2flow) is recorded in the model config; `DiT.forward` translates.
+Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake
+branch. A file's own convention ("sit": x_t = t x + (1 - t) eps, so F = -model(x, 1 - t); "ours":
+REPA and TwinFlow; DiT epsilon prediction via diff2flow) is recorded in the model config;
+`DiT.forward` translates.
 
-The header is validated before any tensor is read: keys, shapes and dtypes, and that the file holds every
-byte the header promises. Only the TwinFlow additions (`t_tgt_embedder.*`, `t_sign_embedder.*`) may be missing
-from a pretrained file; they keep their initialisation (zero-gated / zero), so with t_tgt = t the loaded model
-computes exactly the original network.
+The header is validated before any tensor is read: keys, shapes and dtypes, and that the file holds
+every byte the header promises. Only the TwinFlow additions (`t_tgt_embedder.*`,
+`t_sign_embedder.*`) may be missing from a pretrained file; they keep their initialisation
+(zero-gated / zero), so with t_tgt = t the loaded model computes exactly the original network.
 """
 
 from __future__ import annotations
@@ -78,17 +80,20 @@ class LoadInfo:
 
     def __str__(self) -> str:
         return (
-            f"{self.architecture} from {os.path.basename(self.path)} ({self.source}, {self.weights}): "
+            f"{self.architecture} from {os.path.basename(self.path)} ({self.source}, "
+            f"{self.weights}): "
             f"{self.loaded} tensors loaded ({'/'.join(self.file_dtypes)} -> {self.dtype}), "
-            f"{len(self.missing)} TwinFlow tensors at init, time convention {self.config.time_convention}, "
+            f"{len(self.missing)} TwinFlow tensors at init, time convention "
+            f"{self.config.time_convention}, "
             f"prediction {self.config.prediction_type}"
         )
 
 
-# ------------------------------------------------------------------------------------------- header
+# ---------- header ----------
 def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple], dict[str, str], dict[str, str]]:
-    """(shapes, dtypes, metadata) of a safetensors file, reading no tensor data; raises CheckpointError when
-    the file is missing, is not safetensors, or is shorter than its header says (a truncated download)."""
+    """(shapes, dtypes, metadata) of a safetensors file, reading no tensor data; raises
+    CheckpointError when the file is missing, is not safetensors, or is shorter than its header says
+    (a truncated download)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no file at {path!r}")
@@ -122,7 +127,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple], dict[str, st
     if size < HEADER_LENGTH_BYTES + header_length + data_bytes:
         raise CheckpointError(
             f"{path!r} is truncated: its header promises {data_bytes} bytes of tensor data but "
-            f"only {size - HEADER_LENGTH_BYTES - header_length} are there; re-download or re-convert"
+            f"only {size - HEADER_LENGTH_BYTES - header_length} are there; re-download or "
+            "re-convert"
         )
     try:
         with safe_open(
@@ -137,9 +143,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple], dict[str, st
     return shapes, dtypes, metadata
 
 
-# ---------------------------------------------------------------------------------------- inference
+# ---------- inference ----------
 def _require_dit_layout(shapes: dict[str, tuple], where: str) -> None:
-    """Raise "not a DiT/SiT checkpoint" unless the tensors every DiT/SiT state dict holds are there."""
+    """Raise "not a DiT/SiT checkpoint" unless the tensors every DiT/SiT state dict holds are
+    there."""
     missing = [key for key in REQUIRED_KEYS if key not in shapes]
     if not missing:
         return
@@ -152,12 +159,14 @@ def _require_dit_layout(shapes: dict[str, tuple], where: str) -> None:
 
 
 def infer_config_from_shapes(shapes: dict[str, tuple], **overrides) -> tuple[DiTConfig, dict]:
-    """DiTConfig of a DiT/SiT/REPA state dict from its tensor shapes (+ DiTConfig overrides), and what was inferred.
+    """DiTConfig of a DiT/SiT/REPA state dict from its tensor shapes (+ DiTConfig overrides), and
+    what was inferred.
 
-    hidden = x_embedder.proj.weight[0], patch = its last dim, in_channels = its dim 1, depth = largest block index
-    + 1, num_classes = label-table rows - 1, learn_sigma from final_layer.linear rows (2 p^2 C vs p^2 C),
-    input_size = sqrt(pos_embed tokens) * patch, mlp_ratio = fc1 rows / hidden, num_heads from the presets by
-    hidden size (shapes cannot tell; pass num_heads= for other widths).
+    hidden = x_embedder.proj.weight[0], patch = its last dim, in_channels = its dim 1, depth =
+    largest block index + 1, num_classes = label-table rows - 1, learn_sigma from final_layer.linear
+    rows (2 p^2 C vs p^2 C), input_size = sqrt(pos_embed tokens) * patch, mlp_ratio = fc1 rows /
+    hidden, num_heads from the presets by hidden size (shapes cannot tell; pass num_heads= for other
+    widths).
     """
     _require_dit_layout(shapes, "this file")
     patch_weight = shapes["x_embedder.proj.weight"]
@@ -217,7 +226,8 @@ def _make_config(fields: dict) -> DiTConfig:
 
 
 def expected_shapes(config: DiTConfig) -> dict[str, tuple]:
-    """State-dict shapes of our DiT for `config`, built on the meta device (no memory, no init cost)."""
+    """State-dict shapes of our DiT for `config`, built on the meta device (no memory, no init
+    cost)."""
     with torch.device("meta"):
         return {
             key: tuple(value.shape) for key, value in model_from_config(config).state_dict().items()
@@ -225,8 +235,8 @@ def expected_shapes(config: DiTConfig) -> dict[str, tuple]:
 
 
 def audit_keys(expected: dict[str, tuple], found: dict[str, tuple], path: str) -> list[str]:
-    """Raise listing every unexpected, wrongly shaped or (non-TwinFlow) missing key; return the missing
-    TwinFlow keys, which keep their initialisation."""
+    """Raise listing every unexpected, wrongly shaped or (non-TwinFlow) missing key; return the
+    missing TwinFlow keys, which keep their initialisation."""
     missing = sorted(set(expected) - set(found))
     missing_required = [key for key in missing if not key.startswith(TWINFLOW_PREFIXES)]
     unexpected = sorted(set(found) - set(expected))
@@ -252,11 +262,12 @@ def audit_keys(expected: dict[str, tuple], found: dict[str, tuple], path: str) -
     return missing
 
 
-# ------------------------------------------------------------------------------------------ loading
+# ---------- loading ----------
 def _select_weights(
     shapes: dict[str, tuple], metadata: dict, weights: str
 ) -> tuple[dict[str, str], str]:
-    """Map model key -> file key. Training checkpoints hold "model.*" and "ema.<group>.*": pick one."""
+    """Map model key -> file key. Training checkpoints hold "model.*" and "ema.<group>.*": pick
+    one."""
     if metadata.get(FORMAT_KEY) != FORMAT_VERSION:
         if weights != "auto":
             raise CheckpointError(
@@ -310,7 +321,8 @@ def _config_for_file(
 
 
 def architecture_name(config: DiTConfig) -> str:
-    """Preset-style name ("SiT-XL/2", "DiT-B/4") when the width/depth match a preset, else a description."""
+    """Preset-style name ("SiT-XL/2", "DiT-B/4") when the width/depth match a preset, else a
+    description."""
     family = "DiT" if config.prediction_type != "flow" else "SiT"
     for size, (hidden, depth, _) in BACKBONE_SIZES.items():
         if (config.hidden_size, config.depth) == (hidden, depth):
@@ -331,12 +343,13 @@ def load_pretrained(
 ) -> tuple[DiT, LoadInfo]:
     """Build our DiT for a safetensors file and load its weights with a full audit: (model, info).
 
-    Reads converted DiT/SiT/REPA files (tools/convert_checkpoint.py), plain DiT/SiT state dicts saved as
-    safetensors (pass time_convention= / prediction_type=), and twinflow-min model or training checkpoints
-    (config in metadata; `weights` = "auto" (EMA when present) | "model" | "ema"). `overrides` are DiTConfig
-    fields (num_heads, gradient_checkpointing, use_time_sign, ...). Tensors are cast explicitly to `dtype`
-    (a bf16 file gives float32 master weights by default). TwinFlow keys absent from the file are initialised
-    from `init_seed` without touching the global RNG. The model is returned in training mode, like `build_model`.
+    Reads converted DiT/SiT/REPA files (tools/convert_checkpoint.py), plain DiT/SiT state dicts
+    saved as safetensors (pass time_convention= / prediction_type=), and twinflow-min model or
+    training checkpoints (config in metadata; `weights` = "auto" (EMA when present) | "model" |
+    "ema"). `overrides` are DiTConfig fields (num_heads, gradient_checkpointing, use_time_sign,
+    ...). Tensors are cast explicitly to `dtype` (a bf16 file gives float32 master weights by
+    default). TwinFlow keys absent from the file are initialised from `init_seed` without touching
+    the global RNG. The model is returned in training mode, like `build_model`.
     """
     path = os.fspath(path)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

@@ -1,20 +1,23 @@
-"""CIFAR-10 readers: the official python pickles and the binary records, without running pickled code.
+"""CIFAR-10 readers: the official python pickles and the binary records, without running pickled
+code.
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (experiments); CIFAR-10 is this project's small real-image set.
-The official TwinFlow code has no CIFAR reader (its tutorial uses torchvision's MNIST); the file formats,
-member names and md5 sums are those of the dataset page (cs.toronto.edu/~kriz/cifar.html) and of
-torchvision `datasets/cifar.py::CIFAR10`. This module touches no time variable and no model.
+Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (experiments); CIFAR-10 is this project's small
+real-image set. The official TwinFlow code has no CIFAR reader (its tutorial uses torchvision's
+MNIST); the file formats, member names and md5 sums are those of the dataset page
+(cs.toronto.edu/~kriz/cifar.html) and of torchvision `datasets/cifar.py::CIFAR10`. This module
+touches no time variable and no model.
 
 Accepted inputs for `load_cifar10(path)`:
-    cifar-10-python.tar.gz          read member by member inside the archive (nothing is extracted to disk)
+    cifar-10-python.tar.gz          read member by member inside the archive (nothing is extracted
+        to disk)
     cifar-10-batches-py/ (or parent) the extracted python folder
     cifar-10-binary.tar.gz          the binary variant: records of <1 label byte><3072 pixel bytes>
     cifar-10-batches-bin/ (or parent) the extracted binary folder
 A row of 3072 bytes is 1024 R, then 1024 G, then 1024 B values, each plane 32x32 row-major, so
 `reshape(-1, 3, 32, 32)` gives NCHW images.
 
-Pickles can run arbitrary code when loaded; `RestrictedUnpickler` only resolves the globals that a numpy
-array needs and refuses everything else with `UnsafePickleError`.
+Pickles can run arbitrary code when loaded; `RestrictedUnpickler` only resolves the globals that a
+numpy array needs and refuses everything else with `UnsafePickleError`.
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ PYTHON_BATCH_MD5 = {
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
-# md5 of the official archives, checked when the file carries the official name (dataset page table).
+# md5 of the official archives, checked when the file carries the official name (dataset page
+# table).
 ARCHIVE_MD5 = {
     "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
     "cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530",
@@ -79,7 +83,8 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 
 def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
-    """Stand-in for `_codecs.encode`, which Python 3 protocol-2 pickles use to store `bytes`; latin1 only."""
+    """Stand-in for `_codecs.encode`, which Python 3 protocol-2 pickles use to store `bytes`; latin1
+    only."""
     if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1":
         raise UnsafePickleError(
             f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only latin1 "
@@ -88,7 +93,8 @@ def _encode_latin1(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-# Every global a plain numpy array (and bytes written by Python 3 with protocol 2) needs; nothing else.
+# Every global a plain numpy array (and bytes written by Python 3 with protocol 2) needs; nothing
+# else.
 _ALLOWED_GLOBALS = {
     (
         "numpy.core.multiarray",
@@ -112,7 +118,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"refused to load global {module}.{name}: only numpy array reconstruction is allowed in a "
+                f"refused to load global {module}.{name}: only numpy array reconstruction is "
+                "allowed in a "
                 f"CIFAR-10 batch, so this file is not a genuine CIFAR-10 pickle (it could run code)"
             ) from None
 
@@ -139,7 +146,8 @@ def _file_md5(path: Path) -> str:
 
 
 def _parse_python_batch(payload: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) from one pickled batch dict (bytes or str keys)."""
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) from one pickled batch dict (bytes or str
+    keys)."""
     batch = restricted_loads(payload)
     if not isinstance(batch, dict):
         raise ValueError(
@@ -177,7 +185,8 @@ def _parse_binary_batch(payload: bytes, what: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _tar_batches(archive: tarfile.TarFile) -> tuple[str, dict[str, tarfile.TarInfo]]:
-    """(format, {batch file name: member}) for the CIFAR batches inside an open archive ("" if none)."""
+    """(format, {batch file name: member}) for the CIFAR batches inside an open archive ("" if
+    none)."""
     for fmt, folder, batches in (
         ("python", PYTHON_FOLDER, PYTHON_BATCHES),
         ("binary", BINARY_FOLDER, BINARY_BATCHES),
@@ -220,7 +229,8 @@ def _locate(path: Path) -> tuple[str, Path]:
 
 
 def is_cifar10(path) -> bool:
-    """True when `path` is one of the CIFAR-10 forms `load_cifar10` accepts (False for a class folder)."""
+    """True when `path` is one of the CIFAR-10 forms `load_cifar10` accepts (False for a class
+    folder)."""
     try:
         kind, location = _locate(Path(path))
         if kind != "tar":
@@ -278,11 +288,11 @@ def load_cifar10(
 ) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 `split` ("train": 50,000 or "test": 10,000) as (uint8 (N, 3, 32, 32), int64 (N,)).
 
-    `path`: cifar-10-python.tar.gz, cifar-10-binary.tar.gz, their extracted folders, or a folder holding one of
-    them. With `check_md5` the python batches are checked against torchvision's per-file md5 sums, and an
-    archive with an official file name against the dataset page's md5 (the binary batches have no per-file
-    md5); a mismatch raises ValueError.
-    Mirrors torchvision `CIFAR10.__init__` (batch order data_batch_1..5, labels from `labels`).
+    `path`: cifar-10-python.tar.gz, cifar-10-binary.tar.gz, their extracted folders, or a folder
+    holding one of them. With `check_md5` the python batches are checked against torchvision's
+    per-file md5 sums, and an archive with an official file name against the dataset page's md5 (the
+    binary batches have no per-file md5); a mismatch raises ValueError. Mirrors torchvision
+    `CIFAR10.__init__` (batch order data_batch_1..5, labels from `labels`).
     """
     if split not in PYTHON_BATCHES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

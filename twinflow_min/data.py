@@ -1,15 +1,17 @@
-"""Training data: 2-D toy distributions, image class folders, pre-encoded latents and a resumable batch iterator.
+"""Training data: 2-D toy distributions, image class folders, pre-encoded latents and a resumable
+batch iterator.
 
-Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (experiments). The official TwinFlow code reads MNIST through
-torchvision in `tutorials/mnist/` and ImageNet latents in `src/`; nothing here mirrors a TwinFlow function.
-The toy samplers are written from the definitions used by FFJORD `lib/toy_data.py::inf_train_gen` and
-sklearn `make_moons` / `make_circles` / `make_swiss_roll`; `ImageBatches` does what DiT `train.py`'s loader
-does (per-epoch shuffle seeded by (seed, epoch), random horizontal flip, ToTensor + Normalize(0.5, 0.5) =
-u / 127.5 - 1) without a DataLoader, so its position can be saved and restored exactly.
-CIFAR-10 pickles / binary records are read in `twinflow_min/cifar.py` (re-exported here).
+Paper: TwinFlow (arXiv:2512.05150), Sec. 4 (experiments). The official TwinFlow code reads MNIST
+through torchvision in `tutorials/mnist/` and ImageNet latents in `src/`; nothing here mirrors a
+TwinFlow function. The toy samplers are written from the definitions used by FFJORD
+`lib/toy_data.py::inf_train_gen` and sklearn `make_moons` / `make_circles` / `make_swiss_roll`;
+`ImageBatches` does what DiT `train.py`'s loader does (per-epoch shuffle seeded by (seed, epoch),
+random horizontal flip, ToTensor + Normalize(0.5, 0.5) = u / 127.5 - 1) without a DataLoader, so its
+position can be saved and restored exactly. CIFAR-10 pickles / binary records are read in
+`twinflow_min/cifar.py` (re-exported here).
 
-Time convention of the package: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the
-fake (twin) branch. This file only produces the data x (t = 0); it never touches t.
+Time convention of the package: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t
+is the fake (twin) branch. This file only produces the data x (t = 0); it never touches t.
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ __all__ = [
     "uint8_to_images",
 ]
 
-# ==================== Toy 2-D distributions (issue #3) ============================================
+# ---------- Toy 2-D distributions (issue #3) ----------
 
 TOY_DATASETS = ("moons", "circles", "8gaussians", "checkerboard", "spirals", "swissroll", "grid25")
 
-# Shapes in raw units, before standardising. Sources: sklearn make_moons / make_circles / make_swiss_roll and
-# FFJORD lib/toy_data.py (its "circles" uses factor 0.5, noise 0.08; "8gaussians" centres at scale 4, sd 0.5;
-# "checkerboard" 4x4 unit squares on [-2, 2]^2; "2spirals" angles sqrt(u) * 540 degrees).
+# Shapes in raw units, before standardising. Sources: sklearn make_moons / make_circles /
+# make_swiss_roll and FFJORD lib/toy_data.py (its "circles" uses factor 0.5, noise 0.08;
+# "8gaussians" centres at scale 4, sd 0.5; "checkerboard" 4x4 unit squares on [-2, 2]^2; "2spirals"
+# angles sqrt(u) * 540 degrees).
 MOONS_NOISE = 0.1  # Gaussian sd added to both moons (issue #3)
 CIRCLES_RADII, CIRCLES_NOISE = (1.0, 0.5), 0.08
 GAUSSIANS_RADIUS, GAUSSIANS_STD, GAUSSIANS_MODES = 4.0, 0.5, 8
@@ -68,11 +71,13 @@ GRID_SIDE, GRID_SPACING, GRID_STD = 5, 1.0, 0.1
 
 
 def _toy_moments() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
-    """Exact per-coordinate (mean, std) of each raw distribution, from the closed forms noted per line."""
+    """Exact per-coordinate (mean, std) of each raw distribution, from the closed forms noted per
+    line."""
     pi, (b, c), a = math.pi, SWISSROLL_ANGLES, SPIRAL_MAX_ANGLE
     swiss_square = (c * c + c * b + b * b) / 3  # E[theta^2], theta ~ U[b, c]
     return {
-        # theta ~ U[0, pi]; half (cos, sin), half (1 - cos, 1/2 - sin): E = (1/2, 1/4), Var = (3/4, 9/16 - 1/pi)
+        # theta ~ U[0, pi]; half (cos, sin), half (1 - cos, 1/2 - sin): E = (1/2, 1/4), Var = (3/4,
+        # 9/16 - 1/pi)
         "moons": (
             (0.5, 0.25),
             (math.sqrt(0.75 + MOONS_NOISE**2), math.sqrt(0.5625 - 1 / pi + MOONS_NOISE**2)),
@@ -86,8 +91,8 @@ def _toy_moments() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]
         "8gaussians": ((0.0, 0.0), (math.sqrt(GAUSSIANS_RADIUS**2 / 2 + GAUSSIANS_STD**2),) * 2),
         # both marginals are uniform on [-w, w]: Var = w^2 / 3
         "checkerboard": ((0.0, 0.0), (CHECKERBOARD_HALF_WIDTH / math.sqrt(3),) * 2),
-        # theta = a sqrt(u) (density 2 theta / a^2), int_0^a theta^3 cos(2 theta) = 3 a^2 / 4 as 2a = 6 pi:
-        # E[theta^2 cos^2] = a^2/4 + 3/4, E[theta^2 sin^2] = a^2/4 - 3/4
+        # theta = a sqrt(u) (density 2 theta / a^2), int_0^a theta^3 cos(2 theta) = 3 a^2 / 4 as 2a
+        # = 6 pi: E[theta^2 cos^2] = a^2/4 + 3/4, E[theta^2 sin^2] = a^2/4 - 3/4
         "spirals": (
             (0.0, 0.0),
             (
@@ -104,7 +109,8 @@ def _toy_moments() -> dict[str, tuple[tuple[float, float], tuple[float, float]]]
                 math.sqrt(swiss_square / 2 + 0.25 - (2 / (3 * pi)) ** 2 + SWISSROLL_NOISE**2),
             ),
         ),
-        # centre coordinate uniform on spacing * {-(m-1)/2, ..., (m-1)/2}: Var = spacing^2 (m^2 - 1) / 12
+        # centre coordinate uniform on spacing * {-(m-1)/2, ..., (m-1)/2}: Var = spacing^2 (m^2 - 1)
+        # / 12
         "grid25": (
             (0.0, 0.0),
             (math.sqrt(GRID_SPACING**2 * (GRID_SIDE**2 - 1) / 12 + GRID_STD**2),) * 2,
@@ -176,10 +182,12 @@ MODE_TOYS = ("8gaussians", "grid25")  # the toys made of discrete Gaussian modes
 
 
 def sample_toy(name: str, n: int, generator: torch.Generator) -> Tensor:
-    """n points (n, 2) float32 from the toy distribution `name`, standardised by the fixed `TOY_MOMENTS`.
+    """n points (n, 2) float32 from the toy distribution `name`, standardised by the fixed
+    `TOY_MOMENTS`.
 
-    Every random number comes from `generator`, which must be a CPU `torch.Generator` (move the result with
-    `.to(device)`); the same generator state gives the same points. Definitions: see the constants above.
+    Every random number comes from `generator`, which must be a CPU `torch.Generator` (move the
+    result with `.to(device)`); the same generator state gives the same points. Definitions: see the
+    constants above.
     """
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {', '.join(TOY_DATASETS)}")
@@ -201,11 +209,13 @@ def _check_mode_toy(name: str) -> None:
 
 
 def toy_mode_centres(name: str) -> Tensor:
-    """The mode centres (K, 2) float32 of a many-mode toy, in the standardised units of `sample_toy`.
+    """The mode centres (K, 2) float32 of a many-mode toy, in the standardised units of
+    `sample_toy`.
 
-    K = 8 for "8gaussians" (angle 2 pi k / 8, k = 0..7), K = 25 for "grid25" (mode k = 5 row + column,
-    row and column counted from the most negative coordinate; x follows the column). Every mode has
-    weight 1 / K and per-coordinate sd `toy_mode_std(name)`. Raises ValueError for the other toys.
+    K = 8 for "8gaussians" (angle 2 pi k / 8, k = 0..7), K = 25 for "grid25" (mode k = 5 row +
+    column, row and column counted from the most negative coordinate; x follows the column). Every
+    mode has weight 1 / K and per-coordinate sd `toy_mode_std(name)`. Raises ValueError for the
+    other toys.
     """
     _check_mode_toy(name)
     mean, std = (torch.tensor(v, dtype=torch.float64) for v in TOY_MOMENTS[name])
@@ -222,7 +232,7 @@ def toy_mode_std(name: str) -> tuple[float, float]:
     return tuple(sd / s for s in TOY_MOMENTS[name][1])
 
 
-# ==================== Image class folders (issue #5) ==============================================
+# ---------- Image class folders (issue #5) ----------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -244,7 +254,8 @@ def _decode_rgb(payload: bytes, name: str) -> np.ndarray:
 
 
 def _select(keys: list[tuple[str, ...]], max_images: int | None, where: str):
-    """Sorted chosen keys, their labels and the class names, for keys = path parts root/.../<class>/<file>."""
+    """Sorted chosen keys, their labels and the class names, for keys = path parts
+    root/.../<class>/<file>."""
     if not keys:
         raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images found in {where}")
     if min(len(k) for k in keys) < 2:
@@ -279,11 +290,12 @@ def load_image_folder(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(uint8 (N, 3, H, W), int64 labels (N,), class names) from `<root>/<class>/*.png|jpg|jpeg`.
 
-    `path` is a folder or a .tar / .tar.gz; the class level is found automatically (the directory level whose
-    children hold the images, e.g. `cifar10-jpeg/train/<class>/0001.jpg`). Classes are sorted by name, images
-    by (class, file name) and converted to RGB; all must share one size. `max_images` keeps that many images,
-    taken round robin over the classes so a small subset still covers every class. Mirrors torchvision
-    `ImageFolder` (sorted class names -> label index) without torchvision.
+    `path` is a folder or a .tar / .tar.gz; the class level is found automatically (the directory
+    level whose children hold the images, e.g. `cifar10-jpeg/train/<class>/0001.jpg`). Classes are
+    sorted by name, images by (class, file name) and converted to RGB; all must share one size.
+    `max_images` keeps that many images, taken round robin over the classes so a small subset still
+    covers every class. Mirrors torchvision `ImageFolder` (sorted class names -> label index)
+    without torchvision.
     """
     path = Path(path)
     if max_images is not None and (
@@ -347,7 +359,8 @@ def _read_archive_images(path: Path) -> dict[tuple[str, ...], bytes]:
 
 
 def _decode_all(payloads, keys: list[tuple[str, ...]], where: Path) -> np.ndarray:
-    """Decode the encoded images of `keys` (in order) into one uint8 (N, 3, H, W) array of a common size."""
+    """Decode the encoded images of `keys` (in order) into one uint8 (N, 3, H, W) array of a common
+    size."""
     images = None
     for index, payload in enumerate(payloads):
         name = f"{where}/{'/'.join(keys[index])}"
@@ -363,12 +376,13 @@ def _decode_all(payloads, keys: list[tuple[str, ...]], where: Path) -> np.ndarra
     return images  # (N, 3, H, W)
 
 
-# ==================== Pre-encoded latents and the dataset switch (issue #5) =======================
+# ---------- Pre-encoded latents and the dataset switch (issue #5) ----------
 
 
 def load_latents(path) -> tuple[Tensor, Tensor]:
-    """(latents float32 (N, C, H, W), labels int64 (N,)) from .safetensors / .npz (keys "latents", "labels")
-    or a .npy of latents with a sibling labels.npy. Float data is kept as is: no scaling, no flip."""
+    """(latents float32 (N, C, H, W), labels int64 (N,)) from .safetensors / .npz (keys "latents",
+    "labels") or a .npy of latents with a sibling labels.npy. Float data is kept as is: no scaling,
+    no flip."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"latents file {path} does not exist")
@@ -390,13 +404,15 @@ def load_latents(path) -> tuple[Tensor, Tensor]:
         }
     else:
         raise ValueError(
-            f"latents file {path} must be .safetensors or .npz (keys 'latents', 'labels') or a .npy "
+            f"latents file {path} must be .safetensors or .npz (keys 'latents', 'labels') or a "
+            ".npy "
             f"with a sibling labels.npy"
         )
     missing = [key for key in ("latents", "labels") if key not in arrays]
     if missing:
         raise ValueError(
-            f"{path} lacks {missing}: it has keys {sorted(arrays)}; expected 'latents' (N, C, H, W) "
+            f"{path} lacks {missing}: it has keys {sorted(arrays)}; expected 'latents' (N, C, H, "
+            "W) "
             f"and 'labels' (N,)"
         )
     latents, labels = torch.as_tensor(arrays["latents"]), torch.as_tensor(arrays["labels"])
@@ -432,8 +448,8 @@ def load_dataset(spec: str, data_path=None, *, check_md5: bool = True):
     "cifar10"      data_path = any CIFAR-10 form of `load_cifar10` (train split, md5 checked unless
                    check_md5=False), or a class folder / archive (e.g. the CIFAR-10 JPEG archives)
     "folder"       data_path = a class folder / archive (`load_image_folder`)
-    "latents:PATH" (or "latents" with data_path) -> `load_latents`; class names are None
-    Images come back as numpy uint8 (N, 3, H, W) + int64 labels, latents as torch float32 + int64 tensors.
+    "latents:PATH" (or "latents" with data_path) -> `load_latents`; class names are None Images come
+    back as numpy uint8 (N, 3, H, W) + int64 labels, latents as torch float32 + int64 tensors.
     """
     if spec == "latents" or spec.startswith("latents:"):
         path = spec.split(":", 1)[1] if ":" in spec else data_path
@@ -456,7 +472,7 @@ def load_dataset(spec: str, data_path=None, *, check_md5: bool = True):
     )
 
 
-# ==================== uint8 <-> [-1, 1] and the resumable batch iterator (issue #6) ===============
+# ---------- uint8 <-> [-1, 1] and the resumable batch iterator (issue #6) ----------
 
 
 def uint8_to_images(u8, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -468,7 +484,8 @@ def uint8_to_images(u8, dtype: torch.dtype = torch.float32) -> Tensor:
 
 
 def images_to_uint8(x) -> Tensor:
-    """Float images in [-1, 1] -> uint8: round(127.5 (x + 1)) clamped to [0, 255]; inverts uint8_to_images."""
+    """Float images in [-1, 1] -> uint8: round(127.5 (x + 1)) clamped to [0, 255]; inverts
+    uint8_to_images."""
     x = torch.as_tensor(x)
     if not x.is_floating_point():
         raise TypeError(f"images_to_uint8 expects float images in [-1, 1], got {x.dtype}")
@@ -482,13 +499,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class ImageBatches:
-    """Infinite, exactly resumable batches (x (B, C, H, W) float32 on `device`, y int64 (B,) or None).
+    """Infinite, exactly resumable batches (x (B, C, H, W) float32 on `device`, y int64 (B,) or
+    None).
 
-    Dtype rule: uint8 data are images -> x = u / 127.5 - 1 in [-1, 1], flipped by default; float data (latents)
-    are returned as float32 unchanged and not flipped unless `flip=True`. Each epoch draws a permutation and
-    then a flip mask from a CPU generator seeded by (seed, epoch), so the state {"epoch", "position", "seed"}
-    fixes every future batch. The last N % batch_size samples of each epoch's permutation are dropped (a
-    different subset each epoch). The data stay on the CPU; each batch is moved to `device`.
+    Dtype rule: uint8 data are images -> x = u / 127.5 - 1 in [-1, 1], flipped by default; float
+    data (latents) are returned as float32 unchanged and not flipped unless `flip=True`. Each epoch
+    draws a permutation and then a flip mask from a CPU generator seeded by (seed, epoch), so the
+    state {"epoch", "position", "seed"} fixes every future batch. The last N % batch_size samples of
+    each epoch's permutation are dropped (a different subset each epoch). The data stay on the CPU;
+    each batch is moved to `device`.
     """
 
     def __init__(

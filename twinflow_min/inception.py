@@ -1,12 +1,14 @@
 """The FID variant of Inception-v3 (TF "inception-2015-12-05"), returning the 2048-d pool3 features.
 
-Metric: Fréchet Inception Distance (Heusel et al. 2017, arXiv:1706.08500). The CIFAR-10 FID numbers in the
-literature use the TensorFlow graph "inception-2015-12-05"; pytorch-fid ships a port of its weights
-(`pt_inception-2015-12-05-6726825d.pth`) for torchvision's `Inception3` layout. This file rebuilds that network
-without torchvision, mirroring mseitzer/pytorch-fid `src/pytorch_fid/inception.py::fid_inception_v3` and
-`InceptionV3.forward` (output block 3), with torchvision `models/inception.py::Inception3` module names, so the
-user's weight file loads with strict key checks. The FID-specific patches of pytorch-fid:
-  * `FIDInceptionA/C/E_1`: the pool branch averages with `count_include_pad=False` (TF ignores padded zeros);
+Metric: Fréchet Inception Distance (Heusel et al. 2017, arXiv:1706.08500). The CIFAR-10 FID numbers
+in the literature use the TensorFlow graph "inception-2015-12-05"; pytorch-fid ships a port of its
+weights (`pt_inception-2015-12-05-6726825d.pth`) for torchvision's `Inception3` layout. This file
+rebuilds that network without torchvision, mirroring mseitzer/pytorch-fid
+`src/pytorch_fid/inception.py::fid_inception_v3` and `InceptionV3.forward` (output block 3), with
+torchvision `models/inception.py::Inception3` module names, so the user's weight file loads with
+strict key checks. The FID-specific patches of pytorch-fid:
+  * `FIDInceptionA/C/E_1`: the pool branch averages with `count_include_pad=False` (TF ignores
+    padded zeros);
   * `FIDInceptionE_2` (Mixed_7c): the pool branch uses a max-pool;
   * 1008 output classes (`fc.weight` [1008, 2048]), no auxiliary classifier.
 Weights are never downloaded: `load_inception(path)` reads a file the user already has.
@@ -52,7 +54,8 @@ class InceptionWeightsError(CheckpointError):
 
 
 def images_to_unit_range(images: Tensor) -> Tensor:
-    """uint8 [0, 255] or float [-1, 1] images (B, C, H, W), C in {1, 3} -> float RGB in [0, 1], (B, 3, H, W)."""
+    """uint8 [0, 255] or float [-1, 1] images (B, C, H, W), C in {1, 3} -> float RGB in [0, 1], (B,
+    3, H, W)."""
     if not isinstance(images, Tensor):
         raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] not in (1, 3):
@@ -81,9 +84,8 @@ def images_to_unit_range(images: Tensor) -> Tensor:
     )  # grey -> RGB, as PIL .convert("RGB")
 
 
-# --------------------------------------------------------------------------------------------------
-# Building blocks (torchvision names: BasicConv2d, InceptionA..E; pytorch-fid patches as a `pool` argument)
-# --------------------------------------------------------------------------------------------------
+# ---------- Building blocks (torchvision names: BasicConv2d, InceptionA..E; pytorch-fid patches as
+# ---------- a `pool` argument) ----------
 
 
 class BasicConv2d(nn.Module):
@@ -99,7 +101,8 @@ class BasicConv2d(nn.Module):
 
 
 def _pool_3x3(x: Tensor, pool: str) -> Tensor:
-    """The pool branch of blocks A/C/E: 3x3, stride 1, pad 1 (pytorch-fid FIDInceptionA/C/E_1 and E_2)."""
+    """The pool branch of blocks A/C/E: 3x3, stride 1, pad 1 (pytorch-fid FIDInceptionA/C/E_1 and
+    E_2)."""
     if pool == "max":  # FIDInceptionE_2 (Mixed_7c)
         return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
     return F.avg_pool2d(
@@ -128,7 +131,8 @@ class InceptionA(nn.Module):
 
 
 class InceptionB(nn.Module):
-    """Mixed_6a, grid reduction 35 -> 17 (torchvision `InceptionB`, unpatched). Output 384 + 96 + in."""
+    """Mixed_6a, grid reduction 35 -> 17 (torchvision `InceptionB`, unpatched). Output 384 + 96 +
+    in."""
 
     def __init__(self, in_channels: int):
         super().__init__()
@@ -175,7 +179,8 @@ class InceptionC(nn.Module):
 
 
 class InceptionD(nn.Module):
-    """Mixed_7a, grid reduction 17 -> 8 (torchvision `InceptionD`, unpatched). Output 320 + 192 + in."""
+    """Mixed_7a, grid reduction 17 -> 8 (torchvision `InceptionD`, unpatched). Output 320 + 192 +
+    in."""
 
     def __init__(self, in_channels: int):
         super().__init__()
@@ -196,7 +201,8 @@ class InceptionD(nn.Module):
 
 
 class InceptionE(nn.Module):
-    """Mixed_7b (pool="avg", `FIDInceptionE_1`) and Mixed_7c (pool="max", `FIDInceptionE_2`). Output 2048."""
+    """Mixed_7b (pool="avg", `FIDInceptionE_1`) and Mixed_7c (pool="max", `FIDInceptionE_2`). Output
+    2048."""
 
     def __init__(self, in_channels: int, pool: str):
         super().__init__()
@@ -224,16 +230,15 @@ class InceptionE(nn.Module):
         return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, branch_pool], dim=1)
 
 
-# --------------------------------------------------------------------------------------------------
-# The network
-# --------------------------------------------------------------------------------------------------
+# ---------- The network ----------
 
 
 class InceptionV3FID(nn.Module):
     """Inception-v3 as used for FID: images -> pool3 features (B, 2048).
 
-    Module names follow torchvision `Inception3` (no AuxLogits), so pytorch-fid's weight file loads with
-    `load_state_dict(..., strict=True)`. `fc` is kept only so that file loads strictly; FID never uses it.
+    Module names follow torchvision `Inception3` (no AuxLogits), so pytorch-fid's weight file loads
+    with `load_state_dict(..., strict=True)`. `fc` is kept only so that file loads strictly; FID
+    never uses it.
     """
 
     name = "inception-2015-12-05-pool3"  # feature-model name recorded next to cached statistics
@@ -262,8 +267,8 @@ class InceptionV3FID(nn.Module):
     def preprocess(images: Tensor) -> Tensor:
         """uint8 / [-1, 1] images -> the network input (B, 3, 299, 299) in [-1, 1].
 
-        pytorch-fid `InceptionV3.forward`: images in [0, 1], bilinear resize to 299 (align_corners=False),
-        then `2 * x - 1`.
+        pytorch-fid `InceptionV3.forward`: images in [0, 1], bilinear resize to 299
+        (align_corners=False), then `2 * x - 1`.
         """
         unit = images_to_unit_range(images)  # (B, 3, H, W) in [0, 1]
         resized = F.interpolate(
@@ -285,7 +290,8 @@ class InceptionV3FID(nn.Module):
 
 
 def inception_state_dict_names(include_batch_counters: bool = True) -> list[str]:
-    """The state-dict keys a weight file must hold (BatchNorm `num_batches_tracked` counters are optional)."""
+    """The state-dict keys a weight file must hold (BatchNorm `num_batches_tracked` counters are
+    optional)."""
     with torch.device("meta"):
         names = list(InceptionV3FID().state_dict().keys())
     return [n for n in names if include_batch_counters or not n.endswith("num_batches_tracked")]
@@ -336,9 +342,11 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load_inception(path: str | Path, device: str | torch.device = "cpu") -> InceptionV3FID:
-    """Build `InceptionV3FID`, load the user's weights with strict key and shape checks, eval mode, no grads.
+    """Build `InceptionV3FID`, load the user's weights with strict key and shape checks, eval mode,
+    no grads.
 
-    Mirrors pytorch-fid `fid_inception_v3` (`inception.load_state_dict(state_dict)`, strict) but reads a local
+    Mirrors pytorch-fid `fid_inception_v3` (`inception.load_state_dict(state_dict)`, strict) but
+    reads a local
     file: a `.pth` (torch.load, weights_only=True) or a `.safetensors` copy.
     """
     path = Path(path)
@@ -363,7 +371,8 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> Ince
 
         raise InceptionWeightsError(
             f"{path} is not the FID Inception-v3 (pt_inception-2015-12-05) layout: missing keys "
-            f"[{show(missing)}]; unexpected keys [{show(unexpected)}]; wrong shapes [{show(wrong_shapes)}]"
+            f"[{show(missing)}]; unexpected keys [{show(unexpected)}]; wrong shapes "
+            f"[{show(wrong_shapes)}]"
         )
     for name in set(expected) - set(state):  # only optional BatchNorm counters can remain
         state[name] = torch.zeros((), dtype=torch.long)

@@ -1,16 +1,19 @@
-"""Sample-quality metrics: energy distance (toy), Fréchet distance, FID, and proxies when no Inception is given.
+"""Sample-quality metrics: energy distance (toy), Fréchet distance, FID, and proxies when no
+Inception is given.
 
-Paper: TwinFlow (arXiv:2512.05150) reports few-step sample quality (1/2/4 NFE vs multi-step, Sec. 4); this
-project measures it with
-  * the energy distance (Székely & Rizzo 2013, "Energy statistics") between toy samples and fresh data;
-  * the Fréchet distance between Gaussians fitted to features (Heusel et al. 2017, arXiv:1706.08500), mirroring
-    pytorch-fid `fid_score.py::calculate_frechet_distance` / `calculate_activation_statistics`, with the matrix
-    square roots taken by `eigh` and the trace term by an SVD, numpy only (no scipy);
-  * FID = that distance on Inception pool3 features (`inception.py`), samples quantised to uint8 first, as
-    DiT `sample_ddp.py` does before saving PNGs;
-  * without Inception weights, proxies under their own names (never "FID"): the Fréchet distance on fixed
-    random conv features (`fd_random_features`) and the mean squared gap between 1-NFE and 50-step samples from
-    the same noise (`gap_1nfe_vs_50step_mse`).
+Paper: TwinFlow (arXiv:2512.05150) reports few-step sample quality (1/2/4 NFE vs multi-step, Sec.
+4); this project measures it with
+  * the energy distance (Székely & Rizzo 2013, "Energy statistics") between toy samples and fresh
+    data;
+  * the Fréchet distance between Gaussians fitted to features (Heusel et al. 2017,
+    arXiv:1706.08500), mirroring pytorch-fid `fid_score.py::calculate_frechet_distance` /
+    `calculate_activation_statistics`, with the matrix square roots taken by `eigh` and the trace
+    term by an SVD, numpy only (no scipy);
+  * FID = that distance on Inception pool3 features (`inception.py`), samples quantised to uint8
+    first, as DiT `sample_ddp.py` does before saving PNGs;
+  * without Inception weights, proxies under their own names (never "FID"): the Fréchet distance on
+    fixed random conv features (`fd_random_features`) and the mean squared gap between 1-NFE and
+    50-step samples from the same noise (`gap_1nfe_vs_50step_mse`).
 Metrics see finished samples only; no diffusion time enters this file.
 """
 
@@ -50,9 +53,7 @@ PROXY_FD_KEY = "fd_random_features"
 GAP_KEY = "gap_1nfe_vs_50step_mse"
 
 
-# --------------------------------------------------------------------------------------------------
-# Energy distance (toy)
-# --------------------------------------------------------------------------------------------------
+# ---------- Energy distance (toy) ----------
 
 
 def _as_float64_points(points, name: str) -> Tensor:
@@ -61,7 +62,8 @@ def _as_float64_points(points, name: str) -> Tensor:
         points = torch.from_numpy(points)
     if not isinstance(points, Tensor):
         raise TypeError(
-            f"{name} must be a torch.Tensor or numpy array of shape (N, D), got {type(points).__name__}"
+            f"{name} must be a torch.Tensor or numpy array of shape (N, D), got "
+            f"{type(points).__name__}"
         )
     if points.dim() != 2 or points.shape[0] == 0:
         raise ValueError(
@@ -78,7 +80,8 @@ def _mean_pairwise_distance(a: Tensor, b: Tensor, chunk_rows: int) -> float:
     """E|X - Y| over all N_a * N_b pairs, summed one block of rows of `a` at a time."""
     total = torch.zeros((), dtype=torch.float64)
     for start in range(0, a.shape[0], chunk_rows):
-        # exact differences (no |a|^2 + |b|^2 - 2ab expansion), so identical points are at distance exactly 0
+        # exact differences (no |a|^2 + |b|^2 - 2ab expansion), so identical points are at distance
+        # exactly 0
         distances = torch.cdist(
             a[start : start + chunk_rows], b, compute_mode="donot_use_mm_for_euclid_dist"
         )
@@ -87,11 +90,13 @@ def _mean_pairwise_distance(a: Tensor, b: Tensor, chunk_rows: int) -> float:
 
 
 def energy_distance(a, b, *, chunk_rows: int | None = None) -> float:
-    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| between the empirical distributions of a and b.
+    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| between the empirical distributions of a
+    and b.
 
-    Székely & Rizzo (2013), V-statistic form: every pair counts, including each point with itself, so the value
-    is >= 0 (up to float64 round-off) and exactly 0 for identical sets. a: (N, D), b: (M, D) tensors or arrays; computed in float64
-    in row chunks (`chunk_rows`, default: PAIRWISE_CHUNK_ELEMENTS / max(N, M)) so 20000 x 20000 fits in memory.
+    Székely & Rizzo (2013), V-statistic form: every pair counts, including each point with itself,
+    so the value is >= 0 (up to float64 round-off) and exactly 0 for identical sets. a: (N, D), b:
+    (M, D) tensors or arrays; computed in float64 in row chunks (`chunk_rows`, default:
+    PAIRWISE_CHUNK_ELEMENTS / max(N, M)) so 20000 x 20000 fits in memory.
     """
     a, b = _as_float64_points(a, "a"), _as_float64_points(b, "b")
     if a.shape[1] != b.shape[1]:
@@ -108,26 +113,27 @@ def energy_distance(a, b, *, chunk_rows: int | None = None) -> float:
     return 2 * cross - within_a - within_b
 
 
-# --------------------------------------------------------------------------------------------------
-# Fréchet distance between Gaussians
-# --------------------------------------------------------------------------------------------------
+# ---------- Fréchet distance between Gaussians ----------
 
 
 def _sqrt_psd(sigma: np.ndarray) -> np.ndarray:
-    """sqrt(S) = V diag(sqrt(w)) V^T from S = V diag(w) V^T (eigh); round-off negatives in w are clipped to 0."""
+    """sqrt(S) = V diag(sqrt(w)) V^T from S = V diag(w) V^T (eigh); round-off negatives in w are
+    clipped to 0."""
     eigenvalues, eigenvectors = np.linalg.eigh(sigma)
     return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T  # (D, D)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """d^2 = |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrt(sqrt(S1) S2 sqrt(S1))  (Heusel et al. 2017, Eq. 6).
+    """d^2 = |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrt(sqrt(S1) S2 sqrt(S1))  (Heusel et al. 2017,
+        Eq. 6).
 
-    pytorch-fid `calculate_frechet_distance` takes `scipy.linalg.sqrtm(S1 @ S2)`; tr sqrt(S1 S2) equals
-    tr sqrt(sqrt(S1) S2 sqrt(S1)) (AB and BA share eigenvalues), numpy only. With A = sqrt(S2) sqrt(S1) that
-    matrix is A^T A, so its trace-sqrt is the sum of the singular values of A: taking them by SVD instead of
-    `eigvalsh(A^T A)` + sqrt keeps round-off at eps |A| rather than sqrt(eps) |A| per zero eigenvalue, which
-    matters for singular covariances (fewer samples than features: 1e-12 instead of 1e-4 for identical inputs);
-    for full-rank covariances both routes agree to round-off. No epsilon offset is needed.
+    pytorch-fid `calculate_frechet_distance` takes `scipy.linalg.sqrtm(S1 @ S2)`; tr sqrt(S1 S2)
+    equals tr sqrt(sqrt(S1) S2 sqrt(S1)) (AB and BA share eigenvalues), numpy only. With A =
+    sqrt(S2) sqrt(S1) that matrix is A^T A, so its trace-sqrt is the sum of the singular values of
+    A: taking them by SVD instead of `eigvalsh(A^T A)` + sqrt keeps round-off at eps |A| rather than
+    sqrt(eps) |A| per zero eigenvalue, which matters for singular covariances (fewer samples than
+    features: 1e-12 instead of 1e-4 for identical inputs); for full-rank covariances both routes
+    agree to round-off. No epsilon offset is needed.
     """
     mu1, mu2 = (
         np.atleast_1d(np.asarray(mu1, np.float64)),
@@ -158,7 +164,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (D,) and covariance (D, D) with the N - 1 denominator, float64 (pytorch-fid `np.cov(rowvar=False)`)."""
+    """Mean (D,) and covariance (D, D) with the N - 1 denominator, float64 (pytorch-fid
+    `np.cov(rowvar=False)`)."""
     features = _as_float64_points(features, "features").numpy()
     if features.shape[0] < 2:
         raise ValueError(
@@ -198,13 +205,12 @@ class _RunningMoments:
         return self.mean, self.scatter / (self.count - 1)
 
 
-# --------------------------------------------------------------------------------------------------
-# Feature statistics of image sets, the cached reference, FID from a sampler
-# --------------------------------------------------------------------------------------------------
+# ---------- Feature statistics of image sets, the cached reference, FID from a sampler ----------
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """[-1, 1] floats -> uint8 by clamp(127.5 x + 128, 0, 255) (DiT `sample_ddp.py`); uint8 passes through."""
+    """[-1, 1] floats -> uint8 by clamp(127.5 x + 128, 0, 255) (DiT `sample_ddp.py`); uint8 passes
+    through."""
     if images.dtype == torch.uint8:
         return images
     if not images.is_floating_point():
@@ -217,7 +223,8 @@ def to_uint8(images: Tensor) -> Tensor:
 
 
 def feature_model_name(feature_model: nn.Module) -> str:
-    """The name stored next to cached statistics (the model's `name` attribute, else its class name)."""
+    """The name stored next to cached statistics (the model's `name` attribute, else its class
+    name)."""
     return str(getattr(feature_model, "name", type(feature_model).__name__))
 
 
@@ -231,11 +238,13 @@ def compute_statistics(
     progress: bool = True,
     total: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of `feature_model` features over an image set (pytorch-fid `calculate_activation_statistics`).
+    """(mu, sigma) of `feature_model` features over an image set (pytorch-fid
+    `calculate_activation_statistics`).
 
-    images: a (N, C, H, W) tensor/array (split into `batch_size` batches) or an iterable of such batches
-    (uint8 or [-1, 1]; `total` = number of images, for the progress bar). Moments are merged per batch in
-    float64, so 50k x 2048 features are never held at once. The model is moved to `device` and set to eval.
+    images: a (N, C, H, W) tensor/array (split into `batch_size` batches) or an iterable of such
+    batches (uint8 or [-1, 1]; `total` = number of images, for the progress bar). Moments are merged
+    per batch in float64, so 50k x 2048 features are never held at once. The model is moved to
+    `device` and set to eval.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -250,7 +259,8 @@ def compute_statistics(
         batches = images
     else:
         raise TypeError(
-            f"images must be a tensor, an array or an iterable of batches, got {type(images).__name__}"
+            "images must be a tensor, an array or an iterable of batches, got "
+            f"{type(images).__name__}"
         )
     feature_model = feature_model.to(device).eval()
     moments = _RunningMoments()
@@ -281,7 +291,8 @@ def _fingerprint(images_uint8: np.ndarray, feature_model: nn.Module) -> dict:
 
 
 def _save_npz_atomically(path: Path, **arrays) -> None:
-    """Write to a temporary file beside `path`, then os.replace: a crash never leaves half a cache."""
+    """Write to a temporary file beside `path`, then os.replace: a crash never leaves half a
+    cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -302,10 +313,12 @@ def reference_statistics(
     device="cpu",
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of a uint8 image set (e.g. the CIFAR-10 train set), cached in a `.npz` with a fingerprint.
+    """(mu, sigma) of a uint8 image set (e.g. the CIFAR-10 train set), cached in a `.npz` with a
+    fingerprint.
 
-    The cache holds mu, sigma, the number of images, a sha256 of the images and the feature model's name; it is
-    reused only when all three match, otherwise recomputed and rewritten atomically (temp file + os.replace).
+    The cache holds mu, sigma, the number of images, a sha256 of the images and the feature model's
+    name; it is reused only when all three match, otherwise recomputed and rewritten atomically
+    (temp file + os.replace).
     """
     array = (
         images_uint8.cpu().numpy() if isinstance(images_uint8, Tensor) else np.asarray(images_uint8)
@@ -340,7 +353,8 @@ def reference_statistics(
 def sample_batches(
     sample_fn: Callable[[int], Tensor], num_samples: int, batch_size: int
 ) -> Iterator[Tensor]:
-    """Call `sample_fn(count)` until `num_samples` images are drawn; yield them quantised to uint8."""
+    """Call `sample_fn(count)` until `num_samples` images are drawn; yield them quantised to
+    uint8."""
     if num_samples < 2 or batch_size < 1:
         raise ValueError(
             f"need num_samples >= 2 and batch_size >= 1, got {num_samples} and {batch_size}"
@@ -366,7 +380,8 @@ def frechet_distance_from_samples(
     device="cpu",
     progress: bool = True,
 ) -> float:
-    """Fréchet distance between `num_samples` generated images and precomputed reference (mu, sigma)."""
+    """Fréchet distance between `num_samples` generated images and precomputed reference (mu,
+    sigma)."""
     batches = sample_batches(sample_fn, num_samples, batch_size)
     mu, sigma = compute_statistics(
         batches, feature_model, device=device, progress=progress, total=num_samples
@@ -384,10 +399,12 @@ def fid_from_samples(
     device="cpu",
     progress: bool = True,
 ) -> float:
-    """FID-50k by default: `sample_fn(count)` returns `count` images (uint8 or [-1, 1], (count, C, H, W)).
+    """FID-50k by default: `sample_fn(count)` returns `count` images (uint8 or [-1, 1], (count, C,
+    H, W)).
 
     `reference_stats` = `reference_statistics(train_images, inception, cache_path)`. Only a loaded
-    `InceptionV3FID` may produce a number called FID; use `frechet_distance_from_samples` for other features.
+    `InceptionV3FID` may produce a number called FID; use `frechet_distance_from_samples` for other
+    features.
     """
     if not isinstance(inception, InceptionV3FID):
         raise TypeError(
@@ -405,16 +422,17 @@ def fid_from_samples(
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# Proxy metrics when no Inception weights are available (never reported as FID)
-# --------------------------------------------------------------------------------------------------
+# ---------- Proxy metrics when no Inception weights are available (never reported as FID)
+# ---------- ----------
 
 
 class RandomFeatureNet(nn.Module):
-    """A fixed random conv net (weights from `torch.Generator().manual_seed(seed)`): images -> (B, 256) features.
+    """A fixed random conv net (weights from `torch.Generator().manual_seed(seed)`): images -> (B,
+    256) features.
 
-    3x3 convs (stride 1, then 2 per stage) with He-scaled N(0, 2 / fan_in) weights and ReLU, then a global
-    average pool, so any image size works without resizing. Deterministic on CPU for a given seed.
+    3x3 convs (stride 1, then 2 per stage) with He-scaled N(0, 2 / fan_in) weights and ReLU, then a
+    global average pool, so any image size works without resizing. Deterministic on CPU for a given
+    seed.
     """
 
     def __init__(
@@ -455,7 +473,8 @@ def proxy_frechet_distance(
     device="cpu",
     progress: bool = False,
 ) -> float:
-    """The random-feature Fréchet distance between two image sets (tensors or iterables of batches). Not FID."""
+    """The random-feature Fréchet distance between two image sets (tensors or iterables of batches).
+    Not FID."""
     feature_model = RandomFeatureNet() if feature_model is None else feature_model
     stats_a = compute_statistics(
         images_a, feature_model, batch_size=batch_size, device=device, progress=progress
@@ -467,7 +486,8 @@ def proxy_frechet_distance(
 
 
 def sample_gap(x_a: Tensor, x_b: Tensor) -> float:
-    """Mean squared difference between two sample batches of the same shape (e.g. 1-NFE vs 50-step, same noise)."""
+    """Mean squared difference between two sample batches of the same shape (e.g. 1-NFE vs 50-step,
+    same noise)."""
     if x_a.shape != x_b.shape:
         raise ValueError(
             f"samples must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}"
@@ -483,7 +503,8 @@ def proxy_metrics(
     batch_size: int = 200,
     device="cpu",
 ) -> dict:
-    """The no-Inception report: {"fd_random_features": 1-NFE samples vs reference, "gap_1nfe_vs_50step_mse"}."""
+    """The no-Inception report: {"fd_random_features": 1-NFE samples vs reference,
+    "gap_1nfe_vs_50step_mse"}."""
     return {
         PROXY_FD_KEY: proxy_frechet_distance(
             to_uint8(samples_1nfe), reference_images, batch_size=batch_size, device=device

@@ -45,7 +45,7 @@ SIZE_FIELDS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth"
 COUNT_FIELDS = ("num_classes", "data_dim")  # 0 allowed: unconditional / image data
 
 
-# ------------------------------------------------------------------------------------------- config
+# ---------- config ----------
 @dataclass
 class DiTConfig:
     """Architecture + time handling. Defaults: DiT-S/2 on ImageNet-256 latents (DiT `DiT_S_2`)."""
@@ -104,7 +104,7 @@ class DiTConfig:
             )
 
 
-# --------------------------------------------------------------------------------------- embeddings
+# ---------- embeddings ----------
 def sinusoid_frequencies(half: int, dtype: torch.dtype, device=None) -> Tensor:
     """GLIDE/DiT frequencies exp(-ln(10000) * i / half), i < half (DiT `timestep_embedding`)."""
     index = torch.arange(half, dtype=dtype, device=device)  # (half,)
@@ -176,7 +176,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, T, D)
 
 
-# -------------------------------------------------------------------------------------- transformer
+# ---------- transformer ----------
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN: x * (1 + scale) + shift  (DiT `modulate`)."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)  # (B, T, D)
@@ -241,7 +241,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, T, out_features)
 
 
-# ------------------------------------------------------------------------------------------- model
+# ---------- model ----------
 class DiT(nn.Module):
     """DiT/SiT with TwinFlow conditioning: `model(x_t, t, t_tgt, y)` is the average velocity F from
     t to t_tgt in the project's time convention (see twinflow_min/transport.py)."""
@@ -423,7 +423,7 @@ class DiT(nn.Module):
         return y
 
 
-# ----------------------------------------------------------------------------------------- wrappers
+# ---------- wrappers ----------
 class SiTTimeFlip(DiT):
     """A willisma/SiT file in the project's convention: F(x_t, t, t_tgt) = -SiT(x_t, 1 - |t|, ...).
 
@@ -487,7 +487,7 @@ def model_from_config(config: DiTConfig) -> DiT:
     return model_class(config)
 
 
-# ----------------------------------------------------------------------------------------- metadata
+# ---------- metadata ----------
 def _make_config(fields: dict, source: str) -> DiTConfig:
     known = {field.name for field in dataclasses.fields(DiTConfig)}
     unknown = sorted(set(fields) - known)
@@ -544,7 +544,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-# ------------------------------------------------------------------------------------------ presets
+# ---------- presets ----------
 # (hidden_size, depth, num_heads) of DiT Table 1 / SiT; S 33M, B 130M, L 458M, XL 675M params at /2.
 BACKBONE_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
 # ImageNet-256 latents; the released DiT/SiT files have learn_sigma=True. Loaders set the time

@@ -24,12 +24,11 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 from torch import Tensor
 
-from twinflow_min.checks import INT64_MAX, is_count, is_int, is_real
+from twinflow_min.checks import INT64_MAX, is_count, is_real
 from twinflow_min.transport import invert
 
 STYLES = ("few", "any", "mul")  # target time t_tgt = 0 | t_next | t_cur (official `sampling_style`)
@@ -55,6 +54,7 @@ OFFICIAL_ARGUMENT_NAMES = {
 # `src/configs/*` (few-step 2 NFE with gaps (0.001, 0.7), any-step 4 and 8, multi-step 30).
 # UNIFORM = no Kumaraswamy warp.
 UNIFORM = (1.0, 1.0, 1.0)
+# fmt: off
 PRESETS = {
     "1nfe": dict(steps=1, style="few", stochastic_ratio=0.0, kumaraswamy_abc=UNIFORM,
                  boundary_gaps=(0.0, 0.0)),
@@ -71,6 +71,7 @@ PRESETS = {
     "mul30": dict(steps=30, style="mul", stochastic_ratio=0.0, kumaraswamy_abc=(1.17, 0.8, 1.1),
                   boundary_gaps=(0.001, 0.0)),
 }
+# fmt: on
 PRESET_SOURCES = {
     "1nfe": "official MNIST tutorial main.py",
     "2nfe": "official inference.py, 2 NFE",
@@ -81,16 +82,26 @@ PRESET_SOURCES = {
     "mul30": "training yaml configs, multi-step sampler",
 }
 # Few-step defaults for NFE counts without an official config: re-noise fully, 4-NFE boundary gaps.
-OTHER_NFE_DEFAULTS = dict(style="few", stochastic_ratio=1.0, kumaraswamy_abc=UNIFORM,
-                          boundary_gaps=(0.001, 0.5))
+OTHER_NFE_DEFAULTS = dict(
+    style="few", stochastic_ratio=1.0, kumaraswamy_abc=UNIFORM, boundary_gaps=(0.001, 0.5)
+)
 # Every `ucgm_sample` knob a user can set, with its default when no preset names it
 # (sample.py builds one flag per entry from this table).
-KNOB_DEFAULTS = dict(steps=1, style="few", order=1, stochastic_ratio=0.0, extrapolation_ratio=0.0,
-                     kumaraswamy_abc=UNIFORM, boundary_gaps=(0.0, 0.0), cfg_scale=0.0,
-                     cfg_interval=(0.0, 1.0))
+KNOB_DEFAULTS = dict(
+    steps=1,
+    style="few",
+    order=1,
+    stochastic_ratio=0.0,
+    extrapolation_ratio=0.0,
+    kumaraswamy_abc=UNIFORM,
+    boundary_gaps=(0.0, 0.0),
+    cfg_scale=0.0,
+    cfg_interval=(0.0, 1.0),
+)
 
 
 # ---------- Argument checks (the door: every public entry calls these once) ----------
+
 
 def _check_int(value, name: str, minimum: int = 1, maximum: int = INT64_MAX) -> int:
     if not is_count(value, minimum=minimum) or value > maximum:
@@ -100,8 +111,10 @@ def _check_int(value, name: str, minimum: int = 1, maximum: int = INT64_MAX) -> 
 
 def _check_style(style) -> str:
     if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; use one of {STYLES} (few: t_tgt = 0, "
-                         f"any: t_tgt = t_next, mul: t_tgt = t_cur)")
+        raise ValueError(
+            f"unknown style {style!r}; use one of {STYLES} (few: t_tgt = 0, "
+            f"any: t_tgt = t_next, mul: t_tgt = t_cur)"
+        )
     return style
 
 
@@ -109,8 +122,9 @@ def _check_ratio(stochastic_ratio):
     if stochastic_ratio == SDE:
         return SDE
     if not is_real(stochastic_ratio) or not 0.0 <= stochastic_ratio <= 1.0:
-        raise ValueError(f"stochastic_ratio must be a number in [0, 1] or {SDE!r}, "
-                         f"got {stochastic_ratio!r}")
+        raise ValueError(
+            f"stochastic_ratio must be a number in [0, 1] or {SDE!r}, got {stochastic_ratio!r}"
+        )
     return float(stochastic_ratio)
 
 
@@ -129,13 +143,16 @@ def _check_grid_options(order, kumaraswamy_abc, boundary_gaps) -> tuple[tuple, t
         raise ValueError(f"order must be 1 (UCGM step) or 2 (Heun-type corrector), got {order!r}")
     abc, gaps = _pair(kumaraswamy_abc), _pair(boundary_gaps)
     if len(abc) != 3 or not all(is_real(v) and v > 0 for v in abc):
-        raise ValueError(f"kumaraswamy_abc must be three positive numbers (a, b, c), "
-                         f"got {kumaraswamy_abc!r}")
+        raise ValueError(
+            f"kumaraswamy_abc must be three positive numbers (a, b, c), got {kumaraswamy_abc!r}"
+        )
     gaps_ok = len(gaps) == 2 and all(is_real(v) and 0 <= v < 1 for v in gaps)
     if not gaps_ok or gaps[0] + gaps[1] >= 1:
-        raise ValueError(f"boundary_gaps must be two numbers (start, end) in [0, 1) with "
-                         f"start + end < 1, got {boundary_gaps!r}; the official 4-NFE config uses "
-                         f"(0.001, 0.5)")
+        raise ValueError(
+            f"boundary_gaps must be two numbers (start, end) in [0, 1) with "
+            f"start + end < 1, got {boundary_gaps!r}; the official 4-NFE config uses "
+            f"(0.001, 0.5)"
+        )
     return tuple(float(v) for v in abc), tuple(float(v) for v in gaps)
 
 
@@ -144,8 +161,9 @@ def _check_guidance(cfg_scale, cfg_interval) -> tuple[float, tuple[float, float]
         raise ValueError(f"cfg_scale must be a number >= 0 (0 = no guidance), got {cfg_scale!r}")
     window = _pair(cfg_interval)
     if len(window) != 2 or not all(is_real(v) and 0 <= v <= 1 for v in window):
-        raise ValueError(f"cfg_interval must be two times (low, high) in [0, 1], "
-                         f"got {cfg_interval!r}")
+        raise ValueError(
+            f"cfg_interval must be two times (low, high) in [0, 1], got {cfg_interval!r}"
+        )
     if window[0] > window[1]:
         raise ValueError(f"cfg_interval must have low <= high, got {cfg_interval!r}")
     return float(cfg_scale), (float(window[0]), float(window[1]))
@@ -153,23 +171,32 @@ def _check_guidance(cfg_scale, cfg_interval) -> tuple[float, tuple[float, float]
 
 def _check_generator(generator, batch: int, needed: bool) -> None:
     if generator is None and needed:
-        raise ValueError("stochastic_ratio > 0 needs fresh noise: pass "
-                         "generator=torch.Generator().manual_seed(s) or a list with one generator "
-                         "per sample")
+        raise ValueError(
+            "stochastic_ratio > 0 needs fresh noise: pass "
+            "generator=torch.Generator().manual_seed(s) or a list with one generator "
+            "per sample"
+        )
     if generator is None or isinstance(generator, torch.Generator):
         return
     is_list = isinstance(generator, (list, tuple))
-    if (not is_list or len(generator) != batch
-            or not all(isinstance(g, torch.Generator) for g in generator)):
+    if (
+        not is_list
+        or len(generator) != batch
+        or not all(isinstance(g, torch.Generator) for g in generator)
+    ):
         count = len(generator) if is_list else type(generator).__name__
-        raise ValueError(f"generator must be a torch.Generator or a list of {batch} generators "
-                         f"(one per sample), got {count}")
+        raise ValueError(
+            f"generator must be a torch.Generator or a list of {batch} generators "
+            f"(one per sample), got {count}"
+        )
 
 
 # ---------- Time grid (docs/math.md#ucgm-sampler, steps 1-2) ----------
 
-def ucgm_time_grid(steps: int, *, order: int = 1, kumaraswamy_abc=(1, 1, 1),
-                   boundary_gaps=(0, 0)) -> Tensor:
+
+def ucgm_time_grid(
+    steps: int, *, order: int = 1, kumaraswamy_abc=(1, 1, 1), boundary_gaps=(0, 0)
+) -> Tensor:
     """The decreasing float64 grid t_0 > ... > t_n = 0 (official `sampling_loop`, Kumaraswamy).
 
     n = steps for order 1 and n = ceil(steps / 2) for order 2. With boundary_gaps = (g0, g1):
@@ -191,11 +218,12 @@ def ucgm_time_grid(steps: int, *, order: int = 1, kumaraswamy_abc=(1, 1, 1),
     else:
         u = torch.linspace(gap_start, 1.0 - gap_end, n, dtype=torch.float64)  # (n,)
     a, b, c = abc
-    warped = (1 - (1 - u ** a) ** b) ** c  # (n,) Kumaraswamy warp K(u)
+    warped = (1 - (1 - u**a) ** b) ** c  # (n,) Kumaraswamy warp K(u)
     return torch.cat([1 - warped, torch.zeros(1, dtype=torch.float64)])  # (n + 1,)
 
 
 # ---------- One UCGM step, shared by `ucgm_sample` and `TwinFlowScheduler` ----------
+
 
 def step_stochastic_ratio(stochastic_ratio, t_cur: float, t_next: float) -> float:
     """rho for one step: the number itself, or for "SDE" clip(2 |t_next - t_cur| t_cur / t_next^2).
@@ -207,7 +235,7 @@ def step_stochastic_ratio(stochastic_ratio, t_cur: float, t_next: float) -> floa
         return float(stochastic_ratio)
     if t_next == 0.0:
         return 1.0
-    return min(max(2 * abs(t_next - t_cur) * t_cur / t_next ** 2, 0.0), 1.0)
+    return min(max(2 * abs(t_next - t_cur) * t_cur / t_next**2, 0.0), 1.0)
 
 
 def draw_noise(like: Tensor, generator) -> Tensor:
@@ -219,10 +247,15 @@ def draw_noise(like: Tensor, generator) -> Tensor:
     """
     _check_generator(generator, like.shape[0], needed=True)
     if isinstance(generator, torch.Generator):
-        return torch.randn(like.shape, generator=generator, dtype=torch.float64,
-                           device=generator.device).to(like.device)
-    rows = [torch.randn((1, *like.shape[1:]), generator=g, dtype=torch.float64,
-                        device=g.device).to(like.device) for g in generator]
+        return torch.randn(
+            like.shape, generator=generator, dtype=torch.float64, device=generator.device
+        ).to(like.device)
+    rows = [
+        torch.randn((1, *like.shape[1:]), generator=g, dtype=torch.float64, device=g.device).to(
+            like.device
+        )
+        for g in generator
+    ]
     return torch.cat(rows)  # (B, ...)
 
 
@@ -264,8 +297,9 @@ def _velocity(model, x: Tensor, t: float, t_tgt: float, y, dtype, guidance) -> T
     batch = x.shape[0]
     guided = guidance is not None and guidance.applies(t)
     rows = 2 * batch if guided else batch
-    t_vec, t_tgt_vec = (torch.full((rows,), value, dtype=dtype, device=x.device)
-                        for value in (t, t_tgt))
+    t_vec, t_tgt_vec = (
+        torch.full((rows,), value, dtype=dtype, device=x.device) for value in (t, t_tgt)
+    )
     if guided:
         both = model(torch.cat([x, x]).to(dtype), t_vec, t_tgt_vec, torch.cat([y, guidance.y_null]))
         _check_output(both, (rows, *x.shape[1:]))
@@ -279,8 +313,9 @@ def _velocity(model, x: Tensor, t: float, t_tgt: float, y, dtype, guidance) -> T
 def _check_output(F, shape: tuple) -> None:
     if not isinstance(F, Tensor) or tuple(F.shape) != shape:
         got = tuple(F.shape) if isinstance(F, Tensor) else type(F).__name__
-        raise ValueError(f"model(x_t, t, t_tgt, y) must return a velocity shaped like x_t {shape}, "
-                         f"got {got}")
+        raise ValueError(
+            f"model(x_t, t, t_tgt, y) must return a velocity shaped like x_t {shape}, got {got}"
+        )
 
 
 def _estimate(model, x: Tensor, t: float, t_tgt: float, y, dtype, guidance=None):
@@ -302,19 +337,35 @@ def _make_guidance(cfg_scale, cfg_interval, y, y_null, batch: int):
         return None
     for name, labels in (("y", y), ("y_null", y_null)):
         if not isinstance(labels, Tensor) or labels.shape != (batch,):
-            raise ValueError(f"cfg_scale > 0 needs {name} as a LongTensor of shape ({batch},) "
-                             f"(y_null: the null class id, num_classes for our DiT)")
+            raise ValueError(
+                f"cfg_scale > 0 needs {name} as a LongTensor of shape ({batch},) "
+                f"(y_null: the null class id, num_classes for our DiT)"
+            )
     return Guidance(scale, low, high, y_null)
 
 
 # ---------- The sampler (docs/math.md#ucgm-sampler) ----------
 
+
 @torch.no_grad()
-def ucgm_sample(model, z: Tensor, *, steps: int, style: str = "few", stochastic_ratio=0.0,
-                extrapolation_ratio: float = 0.0, order: int = 1, kumaraswamy_abc=(1, 1, 1),
-                boundary_gaps=(0, 0), y: Tensor | None = None, generator=None,
-                cfg_scale: float = 0.0, cfg_interval=(0.0, 1.0), y_null: Tensor | None = None,
-                return_trajectory: bool = False):
+def ucgm_sample(
+    model,
+    z: Tensor,
+    *,
+    steps: int,
+    style: str = "few",
+    stochastic_ratio=0.0,
+    extrapolation_ratio: float = 0.0,
+    order: int = 1,
+    kumaraswamy_abc=(1, 1, 1),
+    boundary_gaps=(0, 0),
+    y: Tensor | None = None,
+    generator=None,
+    cfg_scale: float = 0.0,
+    cfg_interval=(0.0, 1.0),
+    y_null: Tensor | None = None,
+    return_trajectory: bool = False,
+):
     """Sample from noise z (B, ...) with the UCGM sampler (official `TwinFlow.sampling_loop`).
 
     For each grid interval (t_cur -> t_next) of `ucgm_time_grid`:
@@ -346,18 +397,22 @@ def ucgm_sample(model, z: Tensor, *, steps: int, style: str = "few", stochastic_
     Raises TypeError for a z that is not a floating tensor, ValueError for any bad option.
     """
     if not isinstance(z, Tensor) or not z.is_floating_point() or z.dim() < 1:
-        raise TypeError(f"z must be a floating-point tensor of shape (B, ...), "
-                        f"got {type(z).__name__}")
+        raise TypeError(
+            f"z must be a floating-point tensor of shape (B, ...), got {type(z).__name__}"
+        )
     _check_style(style)
     stochastic_ratio = _check_ratio(stochastic_ratio)
     extrapolation_ratio = _check_extrapolation(extrapolation_ratio)
     if y is not None and (not isinstance(y, Tensor) or y.shape[:1] != z.shape[:1]):
-        raise ValueError(f"y must be None or a LongTensor of shape ({z.shape[0]},) with one class "
-                         f"label per sample")
+        raise ValueError(
+            f"y must be None or a LongTensor of shape ({z.shape[0]},) with one class "
+            f"label per sample"
+        )
     guidance = _make_guidance(cfg_scale, cfg_interval, y, y_null, z.shape[0])
     _check_generator(generator, z.shape[0], needed=stochastic_ratio != 0.0)
-    grid = ucgm_time_grid(steps, order=order, kumaraswamy_abc=kumaraswamy_abc,
-                          boundary_gaps=boundary_gaps).tolist()
+    grid = ucgm_time_grid(
+        steps, order=order, kumaraswamy_abc=kumaraswamy_abc, boundary_gaps=boundary_gaps
+    ).tolist()
     dtype = z.dtype
     x = z.to(torch.float64)  # (B, ...)
     trajectory, previous = [z] if return_trajectory else None, None
@@ -376,8 +431,9 @@ def ucgm_sample(model, z: Tensor, *, steps: int, style: str = "few", stochastic_
         # order-2 corrector: trapezoid rule on d(x/t)/d(1/t) = x_hat, skipped when t_next = 0 (B4)
         if order == 2 and t_next > 0.0:
             x_pred = (1 - t_next) * x_hat + t_next * z_hat  # (B, ...) deterministic predictor
-            x_hat_pred, _ = _estimate(model, x_pred, t_next, _target_time(style, grid, i + 1), y,
-                                      dtype, guidance)
+            x_hat_pred, _ = _estimate(
+                model, x_pred, t_next, _target_time(style, grid, i + 1), y, dtype, guidance
+            )
             x_hat = 0.5 * (x_hat + x_hat_pred)
             z_hat = (x - (1 - t_cur) * x_hat) / t_cur  # invert x = (1 - t_cur) x_hat + t_cur z_hat
         rho = step_stochastic_ratio(stochastic_ratio, t_cur, t_next)
@@ -386,6 +442,7 @@ def ucgm_sample(model, z: Tensor, *, steps: int, style: str = "few", stochastic_
 
 
 # ---------- Presets and published argument names ----------
+
 
 def preset_for_nfe(nfe: int) -> dict:
     """`ucgm_sample` keywords for `nfe` model calls: the official 1/2/4-NFE configs (`PRESETS`).
@@ -412,17 +469,21 @@ def from_official_arguments(**kwargs) -> dict:
     for key, value in kwargs.items():
         name = OFFICIAL_ARGUMENT_NAMES.get(key, key if key in readable else None)
         if name is None:
-            raise ValueError(f"unknown sampler argument {key!r}; official names are "
-                             f"{sorted(OFFICIAL_ARGUMENT_NAMES)} (or the readable names "
-                             f"{sorted(readable)})")
+            raise ValueError(
+                f"unknown sampler argument {key!r}; official names are "
+                f"{sorted(OFFICIAL_ARGUMENT_NAMES)} (or the readable names "
+                f"{sorted(readable)})"
+            )
         if name in out:
-            raise ValueError(f"sampler argument {name!r} given twice (as {key!r} and under another "
-                             f"name)")
+            raise ValueError(
+                f"sampler argument {name!r} given twice (as {key!r} and under another name)"
+            )
         out[name] = tuple(value) if isinstance(value, list) else value
     return out
 
 
 # ---------- Step-by-step scheduler with the diffusers flow-matching interface ----------
+
 
 @dataclass
 class TwinFlowSchedulerOutput:
@@ -482,32 +543,59 @@ class TwinFlowScheduler:
     order = 1  # one model call per step (pipelines read it for progress bars and warm-up steps)
     init_noise_sigma = 1.0  # x at t = 1 is the noise itself
 
-    def __init__(self, num_train_timesteps: int = 1000, prediction_type: str = "flow_matching",
-                 shift: float = 1.0, style: str = "few", stochastic_ratio=None, boundary_gaps=None,
-                 kumaraswamy_abc=(1, 1, 1), use_dynamic_shifting: bool = False, seed: int = 0,
-                 base_shift: float = 0.5, max_shift: float = 1.15, base_image_seq_len: int = 256,
-                 max_image_seq_len: int = 4096):
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        prediction_type: str = "flow_matching",
+        shift: float = 1.0,
+        style: str = "few",
+        stochastic_ratio=None,
+        boundary_gaps=None,
+        kumaraswamy_abc=(1, 1, 1),
+        use_dynamic_shifting: bool = False,
+        seed: int = 0,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+    ):
         if prediction_type != "flow_matching":
-            raise ValueError(f"prediction_type {prediction_type!r} is not supported: TwinFlow "
-                             f"models predict the velocity F, use prediction_type='flow_matching'")
+            raise ValueError(
+                f"prediction_type {prediction_type!r} is not supported: TwinFlow "
+                f"models predict the velocity F, use prediction_type='flow_matching'"
+            )
         if not is_real(shift) or shift <= 0:
             raise ValueError(f"shift must be a positive number (1 = no shift), got {shift!r}")
         if not isinstance(use_dynamic_shifting, bool):
-            raise ValueError(f"use_dynamic_shifting must be True or False, "
-                             f"got {use_dynamic_shifting!r}")
+            raise ValueError(
+                f"use_dynamic_shifting must be True or False, got {use_dynamic_shifting!r}"
+            )
         _check_style(style)
         ratio = None if stochastic_ratio is None else _check_ratio(stochastic_ratio)
         abc = _check_grid_options(1, kumaraswamy_abc, (0, 0))[0]
         gaps = None if boundary_gaps is None else _check_grid_options(1, abc, boundary_gaps)[1]
         self.config = SchedulerConfig(
             num_train_timesteps=_check_int(num_train_timesteps, "num_train_timesteps"),
-            prediction_type=prediction_type, shift=float(shift), style=style,
-            stochastic_ratio=ratio, boundary_gaps=gaps, kumaraswamy_abc=abc,
-            use_dynamic_shifting=use_dynamic_shifting, seed=_check_int(seed, "seed", minimum=0),
-            base_shift=base_shift, max_shift=max_shift, base_image_seq_len=base_image_seq_len,
-            max_image_seq_len=max_image_seq_len, time_shift_type="exponential",
-            invert_sigmas=False, shift_terminal=None, use_karras_sigmas=False,
-            use_exponential_sigmas=False, use_beta_sigmas=False, stochastic_sampling=False)
+            prediction_type=prediction_type,
+            shift=float(shift),
+            style=style,
+            stochastic_ratio=ratio,
+            boundary_gaps=gaps,
+            kumaraswamy_abc=abc,
+            use_dynamic_shifting=use_dynamic_shifting,
+            seed=_check_int(seed, "seed", minimum=0),
+            base_shift=base_shift,
+            max_shift=max_shift,
+            base_image_seq_len=base_image_seq_len,
+            max_image_seq_len=max_image_seq_len,
+            time_shift_type="exponential",
+            invert_sigmas=False,
+            shift_terminal=None,
+            use_karras_sigmas=False,
+            use_exponential_sigmas=False,
+            use_beta_sigmas=False,
+            stochastic_sampling=False,
+        )
         self.num_train_timesteps, self.shift, self.style = num_train_timesteps, float(shift), style
         self.sigmas = self.timesteps = self.num_inference_steps = None
         self.step_ratio, self.generator = None, None
@@ -530,8 +618,14 @@ class TwinFlowScheduler:
         """Start the next `step` / `scale_noise` at timesteps[begin_index] (image-to-image)."""
         self._begin_index = _check_int(begin_index, "begin_index", minimum=0)
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None,
-                      mu: float | None = None, seed: int | None = None) -> None:
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device=None,
+        sigmas=None,
+        mu: float | None = None,
+        seed: int | None = None,
+    ) -> None:
         """Build sigmas (n + 1 model times ending at 0, float64) and timesteps (n, float32).
 
         Without `sigmas`: the UCGM grid of `num_inference_steps` steps. With `sigmas` (n decreasing
@@ -550,8 +644,11 @@ class TwinFlowScheduler:
         if config.use_dynamic_shifting and not is_real(mu):
             raise ValueError(f"mu must be a number when use_dynamic_shifting is True, got {mu!r}")
         if mu is not None and not config.use_dynamic_shifting:
-            warnings.warn("TwinFlowScheduler: mu is ignored because use_dynamic_shifting is False "
-                          "(the shift is config.shift)", stacklevel=2)
+            warnings.warn(
+                "TwinFlowScheduler: mu is ignored because use_dynamic_shifting is False "
+                "(the shift is config.shift)",
+                stacklevel=2,
+            )
         defaults = {"few": preset_for_nfe(n), "any": PRESETS["any4"], "mul": PRESETS["mul30"]}
         preset = defaults[self.style]
         gaps = config.boundary_gaps if config.boundary_gaps is not None else preset["boundary_gaps"]
@@ -581,8 +678,10 @@ class TwinFlowScheduler:
         if bool((values[1:] >= values[:-1]).any()):
             raise ValueError(f"sigmas must decrease strictly, got {values.tolist()}")
         if num_inference_steps is not None and num_inference_steps != values.numel():
-            raise ValueError(f"num_inference_steps={num_inference_steps!r} but {values.numel()} "
-                             f"sigmas were given; pass one of the two")
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps!r} but {values.numel()} "
+                f"sigmas were given; pass one of the two"
+            )
         return values
 
     def _require_timesteps(self) -> None:
@@ -595,16 +694,21 @@ class TwinFlowScheduler:
         distance = (self.timesteps.cpu().double() - float(timestep)).abs()  # (n,)
         index = int(distance.argmin())
         if distance[index] > TIMESTEP_TOLERANCE * self.num_train_timesteps:
-            raise ValueError(f"timestep {float(timestep)} is not in this schedule "
-                             f"{self.timesteps.tolist()}; pass the elements of scheduler.timesteps")
+            raise ValueError(
+                f"timestep {float(timestep)} is not in this schedule "
+                f"{self.timesteps.tolist()}; pass the elements of scheduler.timesteps"
+            )
         return index
 
     def _index_for_step(self, timestep) -> int:
         """The step counter when `timestep` is the expected one, else the timestep's own index."""
         self._require_timesteps()
         if self._step_index is None:
-            self._step_index = self._begin_index if self._begin_index is not None \
+            self._step_index = (
+                self._begin_index
+                if self._begin_index is not None
                 else self.index_for_timestep(timestep)
+            )
         inside = self._step_index < len(self.timesteps)
         expected = float(self.timesteps[self._step_index]) if inside else math.nan
         if not abs(expected - float(timestep)) <= TIMESTEP_TOLERANCE * self.num_train_timesteps:
@@ -620,8 +724,10 @@ class TwinFlowScheduler:
     def model_times(self, timestep, batch_size: int, dtype=torch.float32) -> tuple[Tensor, Tensor]:
         """(t, t_tgt) as (B,) model times in [0, 1] for `model(x_t, t, t_tgt, y)`."""
         index, grid = self.index_for_timestep(timestep), self.sigmas.tolist()
-        return tuple(torch.full((batch_size,), value, dtype=dtype, device=self.sigmas.device)
-                     for value in (grid[index], _target_time(self.style, grid, index)))
+        return tuple(
+            torch.full((batch_size,), value, dtype=dtype, device=self.sigmas.device)
+            for value in (grid[index], _target_time(self.style, grid, index))
+        )
 
     def scale_noise(self, sample: Tensor, timestep, noise: Tensor) -> Tensor:
         """x_t = (1 - t) sample + t noise at the time of `timestep` (B,) or scalar (image-to-image).
@@ -640,8 +746,15 @@ class TwinFlowScheduler:
         t = t.reshape(-1, *([1] * (sample.dim() - 1)))
         return ((1 - t) * sample.double() + t * noise.double()).to(sample.dtype)
 
-    def step(self, model_output: Tensor, timestep, sample: Tensor, generator=None,
-             return_dict: bool = True, **unused):
+    def step(
+        self,
+        model_output: Tensor,
+        timestep,
+        sample: Tensor,
+        generator=None,
+        return_dict: bool = True,
+        **unused,
+    ):
         """One UCGM step from sigmas[i] to sigmas[i + 1] given F = model_output (B, ...).
 
         i is the step counter (diffusers semantics: initialised from `timestep` or the begin index,
@@ -661,8 +774,9 @@ class TwinFlowScheduler:
         t_vec = torch.full((x.shape[0],), t_cur, dtype=torch.float64, device=x.device)  # (B,)
         x_hat, z_hat = invert(x, model_output.to(torch.float64), t_vec)
         rho = step_stochastic_ratio(self.step_ratio, t_cur, t_next)
-        x_next = renoise(x_hat, z_hat, t_next, rho, generator if generator is not None
-                         else self.generator)
+        x_next = renoise(
+            x_hat, z_hat, t_next, rho, generator if generator is not None else self.generator
+        )
         self._step_index = index + 1
         out = (x_next.to(sample.dtype), x_hat.to(sample.dtype))
         return TwinFlowSchedulerOutput(*out) if return_dict else out

@@ -1,14 +1,16 @@
 """The Stable Diffusion VAE *decoder* (latents -> images), written out in plain PyTorch.
 
-TwinFlow (arXiv:2512.05150) Sec. 4 samples ImageNet-256 in the 4x32x32 latent space of `stabilityai/sd-vae-ft-ema`
-and decodes with it. This file rebuilds only that decoder, with the exact state-dict names of diffusers'
-`AutoencoderKL` (`models/autoencoders/vae.py::Decoder`, `unets/unet_2d_blocks.py::UNetMidBlock2D` and
-`UpDecoderBlock2D`, `resnet.py::ResnetBlock2D`, `upsampling.py::Upsample2D`, `attention_processor.py::Attention`),
-so `diffusion_pytorch_model.safetensors` loads strictly. Decode as SiT/REPA `sample.py` do:
-`image = decoder(post_quant_conv(latents / 0.18215))`, nominally in [-1, 1]. No time variable appears here.
+TwinFlow (arXiv:2512.05150) Sec. 4 samples ImageNet-256 in the 4x32x32 latent space of
+`stabilityai/sd-vae-ft-ema` and decodes with it. This file rebuilds only that decoder, with the
+exact state-dict names of diffusers' `AutoencoderKL` (`models/autoencoders/vae.py::Decoder`,
+`unets/unet_2d_blocks.py::UNetMidBlock2D` and `UpDecoderBlock2D`, `resnet.py::ResnetBlock2D`,
+`upsampling.py::Upsample2D`, `attention_processor.py::Attention`), so
+`diffusion_pytorch_model.safetensors` loads strictly. Decode as SiT/REPA `sample.py` do: `image =
+decoder(post_quant_conv(latents / 0.18215))`, nominally in [-1, 1]. No time variable appears here.
 
-Older diffusers files name the attention projections `query/key/value/proj_attn` (sometimes as [C, C, 1, 1]
-1x1-conv weights); `from_file` renames and reshapes them. Encoder keys in the file are counted and ignored.
+Older diffusers files name the attention projections `query/key/value/proj_attn` (sometimes as [C,
+C, 1, 1] 1x1-conv weights); `from_file` renames and reshapes them. Encoder keys in the file are
+counted and ignored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from torch import Tensor, nn
 
 from twinflow_min.checks import CheckpointError
 
-# `stabilityai/sd-vae-ft-ema` config.json: scaling_factor, block_out_channels, layers_per_block, norm_num_groups.
+# `stabilityai/sd-vae-ft-ema` config.json: scaling_factor, block_out_channels, layers_per_block,
+# norm_num_groups.
 SD_VAE_SCALING_FACTOR = 0.18215
 SD_VAE_BLOCK_OUT_CHANNELS = (128, 256, 512, 512)
 SD_VAE_LAYERS_PER_BLOCK = 2
@@ -68,7 +71,8 @@ def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
-    """out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))   (diffusers `ResnetBlock2D`, no time input)."""
+    """out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))   (diffusers `ResnetBlock2D`,
+    no time input)."""
 
     def __init__(self, in_channels: int, out_channels: int, groups: int):
         super().__init__()
@@ -88,7 +92,8 @@ class ResnetBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Single-head self-attention over the H*W positions, with a residual (diffusers `Attention`, heads = 1)."""
+    """Single-head self-attention over the H*W positions, with a residual (diffusers `Attention`,
+    heads = 1)."""
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -164,7 +169,8 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """conv_in -> mid_block -> up_blocks (widest first) -> GroupNorm -> SiLU -> conv_out (diffusers `Decoder`)."""
+    """conv_in -> mid_block -> up_blocks (widest first) -> GroupNorm -> SiLU -> conv_out (diffusers
+    `Decoder`)."""
 
     def __init__(self, config: VAEDecoderConfig):
         super().__init__()
@@ -198,7 +204,8 @@ class Decoder(nn.Module):
 
 @dataclass
 class VAELoadReport:
-    """What `SDVAEDecoder.from_file` read: tensors loaded, encoder keys ignored, old attention keys renamed."""
+    """What `SDVAEDecoder.from_file` read: tensors loaded, encoder keys ignored, old attention keys
+    renamed."""
 
     path: str
     loaded: int
@@ -223,7 +230,8 @@ class SDVAEDecoder(nn.Module):
         return self.decode(latents)
 
     def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
-        """image = decoder(post_quant_conv(latents / scaling_factor)), clamped to [-1, 1] unless clamp=False.
+        """image = decoder(post_quant_conv(latents / scaling_factor)), clamped to [-1, 1] unless
+        clamp=False.
 
         Mirrors REPA `generate.py` / SiT `sample.py`: `vae.decode(samples / 0.18215).sample`.
         latents: (B, latent_channels, h, w) -> (B, 3, 8h, 8w) for the SD-VAE.
@@ -256,8 +264,9 @@ class SDVAEDecoder(nn.Module):
         """Load the decoder from a diffusers-layout safetensors file (e.g. sd-vae-ft-ema's
         `diffusion_pytorch_model.safetensors`), inferring channels from the shapes.
 
-        Decoder keys are strict: any missing, unexpected or mis-shaped one raises `VAECheckpointError` listing
-        them. Encoder keys are ignored and counted in `model.load_report`. Weights are cast to `dtype`.
+        Decoder keys are strict: any missing, unexpected or mis-shaped one raises
+        `VAECheckpointError` listing them. Encoder keys are ignored and counted in
+        `model.load_report`. Weights are cast to `dtype`.
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -294,7 +303,8 @@ class SDVAEDecoder(nn.Module):
 
 
 def _normalise_keys(keys: list[str]) -> tuple[dict[str, str], int]:
-    """Map current-style decoder key -> key in the file (old attention names renamed); encoder keys dropped."""
+    """Map current-style decoder key -> key in the file (old attention names renamed); encoder keys
+    dropped."""
     if any(k.startswith(("decoder.mid.", "decoder.up.")) for k in keys):
         raise VAECheckpointError(
             "this file uses the original CompVis/LDM key layout (decoder.mid.*, decoder.up.*); "
@@ -317,7 +327,8 @@ def _normalise_keys(keys: list[str]) -> tuple[dict[str, str], int]:
 def _infer_config(
     file_keys: dict[str, str], handle, scaling_factor: float, norm_num_groups: int
 ) -> VAEDecoderConfig:
-    """Channels from shapes: latent from post_quant_conv, widths from each up block's last conv, depth from resnets."""
+    """Channels from shapes: latent from post_quant_conv, widths from each up block's last conv,
+    depth from resnets."""
     required = (
         "post_quant_conv.weight",
         "decoder.conv_out.weight",
