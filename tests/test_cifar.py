@@ -1,8 +1,10 @@
-"""CIFAR-10 readers (twinflow_min/cifar.py via twinflow_min.data): python pickles, binary records, md5, safety.
+"""CIFAR-10 readers (twinflow_min/cifar.py via twinflow_min.data): python pickles, binary records,
+md5, safety.
 
-Fixtures are 10-image batches written in tmp_path in the exact official layouts (dataset page): a dict with
-b"data" uint8 (10, 3072) rows of R plane, G plane, B plane (32x32 row-major each), b"labels", b"batch_label",
-b"filenames", pickled with protocol 2; binary records <1 label byte><3072 bytes>.
+Fixtures are 10-image batches written in tmp_path in the exact official layouts (dataset page): a
+dict with b"data" uint8 (10, 3072) rows of R plane, G plane, B plane (32x32 row-major each),
+b"labels", b"batch_label", b"filenames", pickled with protocol 2; binary records <1 label byte><3072
+bytes>.
 """
 
 import hashlib
@@ -25,7 +27,8 @@ def _batch_arrays(batch_index: int) -> tuple[np.ndarray, list[int]]:
     rng = np.random.default_rng(batch_index)
     data = rng.integers(0, 256, (10, 3072), dtype=np.uint8)
     offset = KNOWN_ROW * 32 + KNOWN_COL  # row-major index inside one 32x32 plane
-    for plane, value in enumerate(KNOWN_RGB):  # planes are R (0..1023), G (1024..2047), B (2048..3071)
+    # planes are R (0..1023), G (1024..2047), B (2048..3071)
+    for plane, value in enumerate(KNOWN_RGB):
         data[KNOWN_IMAGE, plane * 1024 + offset] = value
     labels = [int(v) for v in rng.permutation(10)]
     return data, labels
@@ -33,8 +36,12 @@ def _batch_arrays(batch_index: int) -> tuple[np.ndarray, list[int]]:
 
 def _pickled_batch(batch_index: int, str_keys: bool = False) -> bytes:
     data, labels = _batch_arrays(batch_index)
-    batch = {b"batch_label": b"training batch %d of 5" % batch_index, b"labels": labels, b"data": data,
-             b"filenames": [b"img_%d.png" % i for i in range(10)]}
+    batch = {
+        b"batch_label": b"training batch %d of 5" % batch_index,
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [b"img_%d.png" % i for i in range(10)],
+    }
     if str_keys:  # the variant a latin1 / Python 3 writer produces
         batch = {key.decode(): value for key, value in batch.items()}
     return pickle.dumps(batch, protocol=2)
@@ -58,7 +65,8 @@ def _write_python(root: Path, str_keys: bool = False) -> Path:
 
 def _tar_folder(folder: Path, archive: Path) -> Path:
     with tarfile.open(archive, "w:gz") as handle:
-        handle.add(folder, arcname=folder.name)  # members cifar-10-batches-*/..., as in the official archives
+        # members cifar-10-batches-*/..., as in the official archives
+        handle.add(folder, arcname=folder.name)
     return archive
 
 
@@ -79,9 +87,11 @@ def test_python_folder_parent_and_tarball_agree(tmp_path):
 
 def test_pixel_layout_is_rgb_planes_row_major(tmp_path):
     images, _ = load_cifar10(_write_python(tmp_path), check_md5=False)
-    # The pixel written at plane offsets p*1024 + 5*32 + 7 must read back at [:, row 5, col 7] as (R, G, B).
+    # The pixel written at plane offsets p*1024 + 5*32 + 7 must read back at [:, row 5, col 7] as
+    # (R, G, B).
     assert tuple(images[KNOWN_IMAGE, :, KNOWN_ROW, KNOWN_COL]) == KNOWN_RGB
-    assert tuple(images[10 + KNOWN_IMAGE, :, KNOWN_ROW, KNOWN_COL]) == KNOWN_RGB  # batch 2, same slot
+    # batch 2, same slot
+    assert tuple(images[10 + KNOWN_IMAGE, :, KNOWN_ROW, KNOWN_COL]) == KNOWN_RGB
 
 
 def test_str_keys_variant(tmp_path):
@@ -96,13 +106,19 @@ def test_md5_mismatch_names_file_expected_and_found(tmp_path):
     with pytest.raises(ValueError) as info:
         load_cifar10(folder)
     message = str(info.value)
-    assert "data_batch_1" in message and PYTHON_BATCH_MD5["data_batch_1"] in message and found in message
-    assert "data_check_md5: false" in message and "check_md5=False" not in message  # a key users can set
+    assert (
+        "data_batch_1" in message
+        and PYTHON_BATCH_MD5["data_batch_1"] in message
+        and found in message
+    )
+    # a key users can set
+    assert "data_check_md5: false" in message and "check_md5=False" not in message
 
 
 def test_archive_md5_checked_for_official_name(tmp_path):
     archive = _tar_folder(_write_python(tmp_path / "x"), tmp_path / "cifar-10-python.tar.gz")
-    with pytest.raises(ValueError, match="c58f30108f718f92721af3b95e74349a"):  # the dataset page's archive md5
+    # the dataset page's archive md5
+    with pytest.raises(ValueError, match="c58f30108f718f92721af3b95e74349a"):
         load_cifar10(archive)
 
 
@@ -111,7 +127,8 @@ def test_binary_format_folder_and_tarball(tmp_path):
     folder.mkdir()
     for index, name in enumerate(TRAIN_NAMES + ["test_batch"], start=1):
         data, labels = _batch_arrays(index)
-        records = np.concatenate([np.array(labels, dtype=np.uint8)[:, None], data], axis=1)  # (10, 3073)
+        # (10, 3073)
+        records = np.concatenate([np.array(labels, dtype=np.uint8)[:, None], data], axis=1)
         (folder / f"{name}.bin").write_bytes(records.tobytes())
     archive = _tar_folder(folder, tmp_path / "cifar-10-binary.tar.gz")
     for source in (folder, tmp_path, archive):
@@ -119,7 +136,8 @@ def test_binary_format_folder_and_tarball(tmp_path):
         np.testing.assert_array_equal(images, _expected("train")[0])
         np.testing.assert_array_equal(labels, _expected("train")[1])
         assert tuple(images[KNOWN_IMAGE, :, KNOWN_ROW, KNOWN_COL]) == KNOWN_RGB
-    with pytest.raises(ValueError, match="c32a1d4ab5d03f1284b67883e8d87530"):  # dataset page binary md5
+    # dataset page binary md5
+    with pytest.raises(ValueError, match="c32a1d4ab5d03f1284b67883e8d87530"):
         load_cifar10(archive)
     (folder / "test_batch.bin").write_bytes(b"\x00" * 100)  # not a whole record
     with pytest.raises(ValueError, match="3073-byte"):
@@ -139,13 +157,17 @@ class _WritesFile:
 class _Rot13:
     def __reduce__(self):
         import codecs
-        return codecs.encode, ("payload", "rot13")  # pickled as _codecs.encode with a non-latin1 codec
+
+        # pickled as _codecs.encode with a non-latin1 codec
+        return codecs.encode, ("payload", "rot13")
 
 
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     target = tmp_path / "pwned.txt"
     folder = _write_python(tmp_path / "data")
-    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": _WritesFile(target), b"labels": []}, protocol=2))
+    (folder / "data_batch_1").write_bytes(
+        pickle.dumps({b"data": _WritesFile(target), b"labels": []}, protocol=2)
+    )
     with pytest.raises(UnsafePickleError, match="refused"):
         load_cifar10(folder, check_md5=False)
     assert not target.exists()
@@ -181,7 +203,9 @@ def test_detection_and_bad_inputs(tmp_path):
         load_cifar10(tmp_path / "missing")
     with pytest.raises(ValueError, match="no CIFAR-10 batches"):
         load_cifar10(tmp_path / "classes")
-    (folder / "data_batch_2").write_bytes(pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]}))
+    (folder / "data_batch_2").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 5), np.uint8), b"labels": [0, 1]})
+    )
     with pytest.raises(ValueError, match="3072"):
         load_cifar10(folder, check_md5=False)
 
@@ -197,6 +221,8 @@ def test_tarball_is_read_without_extracting(tmp_path):
     (tmp_path / "arch").mkdir()
     archive = _tar_folder(_write_python(tmp_path / "src"), tmp_path / "arch" / "c.tar.gz")
     with tarfile.open(archive) as handle:  # the real member names
-        assert {"cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"} <= set(handle.getnames())
+        assert {"cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/test_batch"} <= set(
+            handle.getnames()
+        )
     load_cifar10(archive, check_md5=False)
     assert [p.name for p in (tmp_path / "arch").iterdir()] == ["c.tar.gz"]

@@ -11,14 +11,21 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from twinflow_min import data as D
-from twinflow_min.data import (TOY_DATASETS, ImageBatches, images_to_uint8, load_dataset, load_image_folder,
-                               load_latents, sample_toy, uint8_to_images)
+from twinflow_min.data import (
+    TOY_DATASETS,
+    ImageBatches,
+    images_to_uint8,
+    load_dataset,
+    load_image_folder,
+    load_latents,
+    sample_toy,
+    uint8_to_images,
+)
 
-# --------------------------------------------------------------------------------------------
-# Toy distributions
-# --------------------------------------------------------------------------------------------
+# ---------- Toy distributions ----------
 
-GRID = (np.arange(100_000) + 0.5) / 100_000  # midpoint rule on u in (0, 1): error < 1e-7 for these maps
+# midpoint rule on u in (0, 1): error < 1e-7 for these maps
+GRID = (np.arange(100_000) + 0.5) / 100_000
 
 
 _GRID25_RAW = np.array([(i, j) for j in range(-2, 3) for i in range(-2, 3)], dtype=float)  # (25, 2)
@@ -29,7 +36,10 @@ def _quadrature_moments(name: str) -> tuple[np.ndarray, np.ndarray]:
     (independent of the closed forms in data.py); noise variances added as sd^2."""
     if name == "moons":  # 1/2 upper (cos, sin), 1/2 lower (1 - cos, 1/2 - sin), theta ~ U[0, pi]
         theta = math.pi * GRID
-        parts = [np.stack([np.cos(theta), np.sin(theta)], 1), np.stack([1 - np.cos(theta), 0.5 - np.sin(theta)], 1)]
+        parts = [
+            np.stack([np.cos(theta), np.sin(theta)], 1),
+            np.stack([1 - np.cos(theta), 0.5 - np.sin(theta)], 1),
+        ]
         noise = D.MOONS_NOISE
     elif name == "circles":  # radius 1 or 1/2, theta ~ U[0, 2 pi]
         theta = 2 * math.pi * GRID
@@ -39,7 +49,8 @@ def _quadrature_moments(name: str) -> tuple[np.ndarray, np.ndarray]:
         angles = np.arange(8) * math.pi / 4
         parts = [D.GAUSSIANS_RADIUS * np.stack([np.cos(angles), np.sin(angles)], 1)]
         noise = D.GAUSSIANS_STD
-    elif name == "checkerboard":  # the 8 unit squares (i, j) in [-2, 2)^2 with i + j even, uniform inside
+    # the 8 unit squares (i, j) in [-2, 2)^2 with i + j even, uniform inside
+    elif name == "checkerboard":
         cells = [(i, j) for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0]
         ticks = (np.arange(200) + 0.5) / 200
         offsets = np.stack(np.meshgrid(ticks, ticks), -1).reshape(-1, 2)
@@ -53,9 +64,12 @@ def _quadrature_moments(name: str) -> tuple[np.ndarray, np.ndarray]:
         parts, noise = [_GRID25_RAW], 0.1
     else:  # swissroll: theta = 1.5 pi (1 + 2u), (theta cos, theta sin)
         theta = 1.5 * math.pi * (1 + 2 * GRID)
-        parts, noise = [theta[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)], D.SWISSROLL_NOISE
+        parts, noise = (
+            [theta[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)],
+            D.SWISSROLL_NOISE,
+        )
     points = np.concatenate(parts)  # equal weights: every part has the same number of grid points
-    return points.mean(0), np.sqrt(points.var(0) + noise ** 2)
+    return points.mean(0), np.sqrt(points.var(0) + noise**2)
 
 
 def _raw(name: str, n: int, seed: int = 0) -> np.ndarray:
@@ -84,8 +98,9 @@ def test_toy_standardisation_constants_match_quadrature(name):
 
 @pytest.mark.parametrize("name", TOY_DATASETS)
 def test_toy_mean_zero_std_one(name):
-    # n = 20000: standard error of a unit-variance mean is 0.007 and of the std <= 0.006 (kurtosis <= 3 here),
-    # so 0.04 is > 5 standard errors; at n = 200000 they are 0.0022 / 0.002, so 0.015 catches a 1.5% error.
+    # n = 20000: standard error of a unit-variance mean is 0.007 and of the std <= 0.006 (kurtosis
+    # <= 3 here), so 0.04 is > 5 standard errors; at n = 200000 they are 0.0022 / 0.002, so 0.015
+    # catches a 1.5% error.
     for n, tolerance in ((20_000, 0.04), (200_000, 0.015)):
         x = sample_toy(name, n, torch.Generator().manual_seed(11)).double()
         assert x.mean(0).abs().max() < tolerance
@@ -140,7 +155,8 @@ def test_spirals_radius_grows_with_angle():
     p = _raw("spirals", 20_000)
     r, phi = np.hypot(*p.T), np.arctan2(p[:, 1], p[:, 0])
     far = r > 2
-    # arm +1 is theta (cos(pi - theta), sin(pi - theta)), arm -1 theta (cos(-theta), sin(-theta)): r + phi = 0 mod pi
+    # arm +1 is theta (cos(pi - theta), sin(pi - theta)), arm -1 theta (cos(-theta), sin(-theta)): r
+    # + phi = 0 mod pi
     residual = np.remainder(r[far] + phi[far] + math.pi / 2, math.pi) - math.pi / 2
     assert np.median(np.abs(residual)) < 0.4  # uniform points would give pi / 4 = 0.785
 
@@ -148,7 +164,8 @@ def test_spirals_radius_grows_with_angle():
 def test_swissroll_radius_grows_with_angle():
     p = _raw("swissroll", 20_000)
     r, phi = np.hypot(*p.T), np.arctan2(p[:, 1], p[:, 0])
-    residual = np.remainder(r - phi + math.pi, 2 * math.pi) - math.pi  # r = theta, phi = theta mod 2 pi
+    # r = theta, phi = theta mod 2 pi
+    residual = np.remainder(r - phi + math.pi, 2 * math.pi) - math.pi
     assert np.median(np.abs(residual)) < 0.5  # uniform points would give pi / 2
     assert r.min() > 1.5 * math.pi - 2.5 and r.max() < 4.5 * math.pi + 2.5  # 5 noise sd
 
@@ -159,7 +176,8 @@ def test_grid25_twenty_five_modes():
     counts = np.bincount(k, minlength=25)
     assert np.all(np.abs(counts - 800) < 150)  # binomial sd sqrt(20000 * 1/25 * 24/25) = 27.7
     assert np.hypot(*(p - _GRID25_RAW[k]).T).max() < 6 * 0.1  # P(2-D radius > 6 sd) = exp(-18)
-    assert np.hypot(*(p - _GRID25_RAW[k]).T).std() > 0.03  # the modes have width (Rayleigh sd 0.066)
+    # the modes have width (Rayleigh sd 0.066)
+    assert np.hypot(*(p - _GRID25_RAW[k]).T).std() > 0.03
 
 
 def _mode_centres_by_hand(name: str) -> np.ndarray:
@@ -206,16 +224,16 @@ def test_toy_errors():
         sample_toy("moons", 4, 0)
 
 
-# --------------------------------------------------------------------------------------------
-# Class folders
-# --------------------------------------------------------------------------------------------
+# ---------- Class folders ----------
+
 
 def _color(label: int, index: int) -> tuple[int, int, int]:
     return (10 + 40 * label, 20 + index, 200 - 30 * label)
 
 
 def _write_classes(root, sizes={"cat": 2, "ant": 3, "bee": 2}, width=6, height=5):
-    """PNGs of solid colours, a known pixel at (x=4, y=1) = (255, 0, 7); 'bee' stored as RGBA, one as grey."""
+    """PNGs of solid colours, a known pixel at (x=4, y=1) = (255, 0, 7); 'bee' stored as RGBA, one
+    as grey."""
     for name, count in sizes.items():
         (root / name).mkdir(parents=True)
         label = sorted(sizes).index(name)
@@ -241,7 +259,9 @@ def test_image_folder_and_its_tarball(tmp_path):
         assert names == ["ant", "bee", "cat"]
         assert images.dtype == np.uint8 and images.shape == (8, 3, 5, 6)
         assert labels.dtype == np.int64 and labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
-        assert tuple(images[0, :, 0, 0]) == _color(0, 0) and tuple(images[4, :, 0, 0]) == _color(1, 1)
+        assert tuple(images[0, :, 0, 0]) == _color(0, 0) and tuple(images[4, :, 0, 0]) == _color(
+            1, 1
+        )
         assert tuple(images[3, :, 1, 4]) == (255, 0, 7)  # (C, H=y, W=x) layout
         assert np.all(images[7] == 77)  # grey "L" image expanded to three equal channels
 
@@ -299,9 +319,21 @@ def test_image_folder_errors(tmp_path):
 def test_shared_cifar10_jpeg_test_archive(shared_data_dir):
     archive = shared_data_dir / "cifar10-jpeg-test.tar.gz"
     start = time.perf_counter()
-    images, labels, names = load_image_folder(archive, max_images=2000)  # all 10,000: ~3 s on 2 idle cores
+    # all 10,000: ~3 s on 2 idle cores
+    images, labels, names = load_image_folder(archive, max_images=2000)
     print(f"read 10,000 members, decoded 2,000 JPEGs in {time.perf_counter() - start:.1f} s")
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    classes = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     assert names == classes
     assert images.shape == (2000, 3, 32, 32) and images.dtype == np.uint8
     assert np.bincount(labels).tolist() == [200] * 10  # round robin over the classes
@@ -311,9 +343,8 @@ def test_shared_cifar10_jpeg_test_archive(shared_data_dir):
     assert [per_class.count(name) for name in classes] == [1000] * 10
 
 
-# --------------------------------------------------------------------------------------------
-# Latents and load_dataset
-# --------------------------------------------------------------------------------------------
+# ---------- Latents and load_dataset ----------
+
 
 def _latents():
     latents = torch.linspace(-3, 3, 5 * 4 * 2 * 2).reshape(5, 4, 2, 2).half()
@@ -380,14 +411,18 @@ def test_load_dataset_folder_and_errors(tmp_path):
         load_dataset("latents")
 
 
-# --------------------------------------------------------------------------------------------
-# uint8 <-> [-1, 1] and ImageBatches
-# --------------------------------------------------------------------------------------------
+# ---------- uint8 <-> [-1, 1] and ImageBatches ----------
+
 
 def test_uint8_round_trip_and_range():
     u = torch.arange(256, dtype=torch.uint8)
     x = uint8_to_images(u)
-    assert x.dtype == torch.float32 and x[0] == -1 and x[255] == 1 and abs(x[128].item() - 0.5 / 127.5) < 1e-7
+    assert (
+        x.dtype == torch.float32
+        and x[0] == -1
+        and x[255] == 1
+        and abs(x[128].item() - 0.5 / 127.5) < 1e-7
+    )
     assert torch.equal(images_to_uint8(x), u)
     assert images_to_uint8(torch.tensor([-3.0, 3.0])).tolist() == [0, 255]
     with pytest.raises(TypeError):
@@ -401,9 +436,12 @@ def _take(iterator, k):
 
 
 def test_image_batches_exact_resume():
-    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     labels = np.arange(10)
-    straight = _take(ImageBatches(images.numpy(), labels, 3, seed=7), 12)  # 3 batches / epoch: 4 epochs
+    # 3 batches / epoch: 4 epochs
+    straight = _take(ImageBatches(images.numpy(), labels, 3, seed=7), 12)
     first = ImageBatches(images.numpy(), labels, 3, seed=7)
     _take(first, 5)
     state = first.state_dict()
@@ -427,7 +465,8 @@ def test_image_batches_epochs_are_permutations_dropping_the_rest():
 
 
 def test_image_batches_flip_and_range():
-    image = torch.arange(2 * 3, dtype=torch.uint8).reshape(1, 1, 2, 3) * 51  # values 0..255, asymmetric in W
+    # values 0..255, asymmetric in W
+    image = torch.arange(2 * 3, dtype=torch.uint8).reshape(1, 1, 2, 3) * 51
     mirrored = image[..., [2, 1, 0]]
     expected = {"plain": image.float() / 127.5 - 1, "flipped": mirrored.float() / 127.5 - 1}
     batches = ImageBatches(image, torch.tensor([4]), 1, seed=0)
@@ -443,13 +482,17 @@ def test_image_batches_flip_and_range():
 
 
 def test_image_batches_float_latents_are_untouched():
-    latents = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    batches = ImageBatches(latents, torch.arange(4), 4, seed=0)  # float: no scaling, no flip by default
+    latents = torch.randn(
+        4, 2, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    # float: no scaling, no flip by default
+    batches = ImageBatches(latents, torch.arange(4), 4, seed=0)
     for _ in range(8):
         x, y = next(batches)
         assert x.dtype == torch.float32 and torch.equal(x, latents.float()[y])
     flipped, flips = ImageBatches(latents, torch.arange(4), 4, seed=0, flip=True), 0
-    for _ in range(8):  # flip=True asked: each sample is the latent or its mirror, and some are mirrored
+    # flip=True asked: each sample is the latent or its mirror, and some are mirrored
+    for _ in range(8):
         x, y = next(flipped)
         mirrored = torch.tensor([not torch.equal(a, latents.float()[i]) for a, i in zip(x, y)])
         assert torch.equal(x[mirrored], latents.float()[y[mirrored]].flip(-1))

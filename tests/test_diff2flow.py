@@ -1,9 +1,9 @@
 """Tests for twinflow_min/diff2flow.py: the DDPM -> linear-flow bridge.
 
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data.
-Every expected value is derived in the test from the DDPM definitions (a plain-Python float64 product for the
-table, the closed forms alpha_bar(t) = (1 - t)^2 / ((1 - t)^2 + t^2), x_ddpm = sqrt(a) x + sqrt(1 - a) z,
-v = sqrt(a) z - sqrt(1 - a) x), never from the code under test.
+Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data. Every expected value is
+derived in the test from the DDPM definitions (a plain-Python float64 product for the table, the
+closed forms alpha_bar(t) = (1 - t)^2 / ((1 - t)^2 + t^2), x_ddpm = sqrt(a) x + sqrt(1 - a) z, v =
+sqrt(a) z - sqrt(1 - a) x), never from the code under test.
 """
 
 import bisect
@@ -12,14 +12,20 @@ import math
 import pytest
 import torch
 
-from twinflow_min.diff2flow import (alpha_bar_of_flow_time, ddpm_alphas_cumprod, ddpm_timestep_to_flow_time,
-                                    flow_time_to_ddpm, prediction_to_flow_velocity)
+from twinflow_min.diff2flow import (
+    alpha_bar_of_flow_time,
+    ddpm_alphas_cumprod,
+    ddpm_timestep_to_flow_time,
+    flow_time_to_ddpm,
+    prediction_to_flow_velocity,
+)
 
 DTYPE = torch.float64
 
 
 def python_linear_table(num_steps=1000, beta_start=1e-4, beta_end=0.02):
-    """alpha_bar_k = prod_{j<=k} (1 - beta_j) with beta_j = beta_start + j (beta_end - beta_start) / (T - 1)."""
+    """alpha_bar_k = prod_{j<=k} (1 - beta_j) with beta_j = beta_start + j (beta_end - beta_start) /
+    (T - 1)."""
     table, running = [], 1.0
     for j in range(num_steps):
         running *= 1.0 - (beta_start + j * (beta_end - beta_start) / (num_steps - 1))
@@ -65,7 +71,7 @@ def test_input_scale_closed_form(table):
     # input_scale = sqrt(a) + sqrt(1 - a) = 1 / sqrt((1 - t)^2 + t^2); at t = 0.5 that is sqrt(2)
     t = torch.tensor([0.5, 0.2], dtype=DTYPE)
     _, input_scale = flow_time_to_ddpm(t, table)
-    a = [(1 - s) ** 2 / ((1 - s) ** 2 + s ** 2) for s in (0.5, 0.2)]
+    a = [(1 - s) ** 2 / ((1 - s) ** 2 + s**2) for s in (0.5, 0.2)]
     expected = torch.tensor([math.sqrt(x) + math.sqrt(1 - x) for x in a], dtype=DTYPE)
     torch.testing.assert_close(input_scale, expected, rtol=1e-14, atol=0)
     assert input_scale[0].item() == pytest.approx(math.sqrt(2), abs=1e-14)
@@ -81,7 +87,8 @@ def test_integer_steps_map_back_exactly(table):
 
 
 def test_fractional_step_interpolates_in_log_alpha_bar(table):
-    # t whose log alpha_bar sits 30 % of the way from index 400 to 401 -> timestep 400.3 (documented rule)
+    # t whose log alpha_bar sits 30 % of the way from index 400 to 401 -> timestep 400.3 (documented
+    # rule)
     python_table = python_linear_table()
     log_a = 0.7 * math.log(python_table[400]) + 0.3 * math.log(python_table[401])
     t = torch.tensor([flow_time_of_alpha_bar(math.exp(log_a))], dtype=DTYPE)
@@ -106,7 +113,9 @@ def test_monotone_and_clamped_outside_the_table(table):
     python_table = python_linear_table()
     t_min, t_max = flow_time_of_alpha_bar(python_table[0]), flow_time_of_alpha_bar(python_table[-1])
     inside = (t > t_min) & (t < t_max)
-    assert bool((timestep[1:][inside[1:] & inside[:-1]] > timestep[:-1][inside[1:] & inside[:-1]]).all())
+    assert bool(
+        (timestep[1:][inside[1:] & inside[:-1]] > timestep[:-1][inside[1:] & inside[:-1]]).all()
+    )
     assert bool((timestep[t <= t_min] == 0).all()) and bool((timestep[t >= t_max] == 999).all())
     assert timestep[-1].item() == 999  # t = 1 (pure noise) is fed the noisiest trained index
 
@@ -120,9 +129,11 @@ def test_true_epsilon_gives_exact_flow_velocity(table, t_value):
     x_t = (1 - t_value) * x + t_value * z
     _, input_scale = flow_time_to_ddpm(t, table)
     x_ddpm = input_scale.view(-1, 1, 1, 1) * x_t
-    a = (1 - t_value) ** 2 / ((1 - t_value) ** 2 + t_value ** 2)
+    a = (1 - t_value) ** 2 / ((1 - t_value) ** 2 + t_value**2)
     # the rescaled input is exactly the DDPM marginal sample
-    torch.testing.assert_close(x_ddpm, math.sqrt(a) * x + math.sqrt(1 - a) * z, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(
+        x_ddpm, math.sqrt(a) * x + math.sqrt(1 - a) * z, rtol=1e-13, atol=1e-13
+    )
     velocity = prediction_to_flow_velocity(z, x_ddpm, t, table, "epsilon")
     torch.testing.assert_close(velocity, z - x, rtol=1e-11, atol=1e-11)
 
@@ -133,7 +144,7 @@ def test_true_v_gives_exact_flow_velocity(table, t_value):
     x = torch.randn(2, 3, 2, 2, generator=generator, dtype=DTYPE)
     z = torch.randn(2, 3, 2, 2, generator=generator, dtype=DTYPE)
     t = torch.full((2,), t_value, dtype=DTYPE)
-    a = (1 - t_value) ** 2 / ((1 - t_value) ** 2 + t_value ** 2)
+    a = (1 - t_value) ** 2 / ((1 - t_value) ** 2 + t_value**2)
     x_ddpm = math.sqrt(a) * x + math.sqrt(1 - a) * z
     v = math.sqrt(a) * z - math.sqrt(1 - a) * x  # v-prediction target (Salimans & Ho 2022)
     velocity = prediction_to_flow_velocity(v, x_ddpm, t, table, "v_prediction")
@@ -145,7 +156,9 @@ def test_epsilon_at_pure_noise_is_finite_and_uses_the_last_level(table):
     a_last = python_linear_table()[-1]
     epsilon = torch.tensor([[0.3, -1.2]], dtype=DTYPE)
     x_ddpm = torch.tensor([[0.5, 0.25]], dtype=DTYPE)
-    velocity = prediction_to_flow_velocity(epsilon, x_ddpm, torch.ones(1, dtype=DTYPE), table, "epsilon")
+    velocity = prediction_to_flow_velocity(
+        epsilon, x_ddpm, torch.ones(1, dtype=DTYPE), table, "epsilon"
+    )
     x_hat = (x_ddpm - math.sqrt(1 - a_last) * epsilon) / math.sqrt(a_last)
     torch.testing.assert_close(velocity, epsilon - x_hat, rtol=1e-12, atol=1e-12)
 
@@ -153,7 +166,9 @@ def test_epsilon_at_pure_noise_is_finite_and_uses_the_last_level(table):
 def test_alpha_bar_closed_form_golden():
     # t = 0.25: (0.75^2) / (0.75^2 + 0.25^2) = 0.5625 / 0.625 = 0.9
     got = alpha_bar_of_flow_time(torch.tensor([0.25, 0.0, 1.0], dtype=DTYPE))
-    torch.testing.assert_close(got, torch.tensor([0.9, 1.0, 0.0], dtype=DTYPE), rtol=1e-15, atol=1e-15)
+    torch.testing.assert_close(
+        got, torch.tensor([0.9, 1.0, 0.0], dtype=DTYPE), rtol=1e-15, atol=1e-15
+    )
 
 
 def test_float32_stays_float32(table):
@@ -195,9 +210,13 @@ def test_errors(table):
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         flow_time_to_ddpm(torch.tensor([1.5]), table)
     with pytest.raises(ValueError, match="prediction_type"):
-        prediction_to_flow_velocity(torch.ones(1, 2), torch.ones(1, 2), torch.ones(1), table, "sample")
+        prediction_to_flow_velocity(
+            torch.ones(1, 2), torch.ones(1, 2), torch.ones(1), table, "sample"
+        )
     with pytest.raises(ValueError, match="learned-sigma"):
-        prediction_to_flow_velocity(torch.ones(1, 4), torch.ones(1, 2), torch.ones(1), table, "epsilon")
+        prediction_to_flow_velocity(
+            torch.ones(1, 4), torch.ones(1, 2), torch.ones(1), table, "epsilon"
+        )
     with pytest.raises(ValueError, match="decrease"):
         flow_time_to_ddpm(torch.ones(1), table.flip(0))
     with pytest.raises(ValueError, match="schedule"):

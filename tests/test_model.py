@@ -1,8 +1,9 @@
-"""Tests for twinflow_min/model.py: DiT/SiT layout, TwinFlow time conditioning, config metadata, input errors.
+"""Tests for twinflow_min/model.py: DiT/SiT layout, TwinFlow time conditioning, config metadata,
+input errors.
 
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake branch.
-Math-pinning tests run in float64 on tiny models whose weights are randomised from an explicit generator
-(a freshly built DiT outputs exactly zero: adaLN-Zero and a zero final layer).
+Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, t = 0 is data, negative t is the fake
+branch. Math-pinning tests run in float64 on tiny models whose weights are randomised from an
+explicit generator (a freshly built DiT outputs exactly zero: adaLN-Zero and a zero final layer).
 """
 
 import ast
@@ -16,22 +17,44 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from twinflow_min import model as module
-from twinflow_min.model import (MODEL_REGISTRY, Attention, DiffusionAsFlow, DiT, DiTConfig,
-                                SiTTimeFlip, build_model, config_from_metadata, config_to_metadata,
-                                count_parameters, model_from_config)
+from twinflow_min.model import (
+    MODEL_REGISTRY,
+    Attention,
+    DiffusionAsFlow,
+    DiT,
+    DiTConfig,
+    SiTTimeFlip,
+    build_model,
+    config_from_metadata,
+    config_to_metadata,
+    count_parameters,
+    model_from_config,
+)
 
-TWINFLOW_KEYS = {"t_tgt_embedder.mlp.0.weight", "t_tgt_embedder.mlp.0.bias", "t_tgt_embedder.mlp.2.weight",
-                 "t_tgt_embedder.mlp.2.bias", "t_sign_embedder.weight"}
-TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=4, num_classes=10)
+TWINFLOW_KEYS = {
+    "t_tgt_embedder.mlp.0.weight",
+    "t_tgt_embedder.mlp.0.bias",
+    "t_tgt_embedder.mlp.2.weight",
+    "t_tgt_embedder.mlp.2.bias",
+    "t_sign_embedder.weight",
+}
+TINY = dict(
+    input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=4, num_classes=10
+)
 
 
-def randomise(model: torch.nn.Module, seed: int = 0, std: float = 0.2, skip: tuple = ("pos_embed",)) -> None:
-    """Overwrite every parameter (except the fixed pos_embed) with N(0, std^2) from an explicit generator."""
+def randomise(
+    model: torch.nn.Module, seed: int = 0, std: float = 0.2, skip: tuple = ("pos_embed",)
+) -> None:
+    """Overwrite every parameter (except the fixed pos_embed) with N(0, std^2) from an explicit
+    generator."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if not name.startswith(skip):
-                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * std)
+                parameter.copy_(
+                    torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * std
+                )
 
 
 def tiny_model(seed: int = 0, **overrides) -> DiT:
@@ -43,22 +66,31 @@ def tiny_model(seed: int = 0, **overrides) -> DiT:
 def tiny_inputs(model: DiT, batch: int = 3, seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
     c = model.config
-    shape = (batch, c.data_dim) if c.data_dim else (batch, c.in_channels, c.input_size, c.input_size)
+    shape = (
+        (batch, c.data_dim) if c.data_dim else (batch, c.in_channels, c.input_size, c.input_size)
+    )
     x_t = torch.randn(shape, generator=generator, dtype=torch.float64)
     t = torch.linspace(0.2, 0.9, batch, dtype=torch.float64)
     y = torch.arange(batch) % c.num_classes if c.num_classes else None
     return x_t, t, y
 
 
-# ----------------------------------------------------------------------------------- layout on meta
+# ---------- layout on meta ----------
 # SiT-XL/2 at 256 px (willisma/SiT release) (learn_sigma: final linear 2 * 4 * 2 * 2 = 32 outputs)
 XL2_SHAPES = {
-    "pos_embed": (1, 256, 1152), "x_embedder.proj.weight": (1152, 4, 2, 2), "x_embedder.proj.bias": (1152,),
-    "t_embedder.mlp.0.weight": (1152, 256), "t_embedder.mlp.2.weight": (1152, 1152),
-    "y_embedder.embedding_table.weight": (1001, 1152), "blocks.27.attn.qkv.weight": (3456, 1152),
-    "blocks.0.attn.proj.weight": (1152, 1152), "blocks.0.mlp.fc1.weight": (4608, 1152),
-    "blocks.0.mlp.fc2.weight": (1152, 4608), "blocks.0.adaLN_modulation.1.weight": (6912, 1152),
-    "final_layer.adaLN_modulation.1.weight": (2304, 1152), "final_layer.linear.weight": (32, 1152),
+    "pos_embed": (1, 256, 1152),
+    "x_embedder.proj.weight": (1152, 4, 2, 2),
+    "x_embedder.proj.bias": (1152,),
+    "t_embedder.mlp.0.weight": (1152, 256),
+    "t_embedder.mlp.2.weight": (1152, 1152),
+    "y_embedder.embedding_table.weight": (1001, 1152),
+    "blocks.27.attn.qkv.weight": (3456, 1152),
+    "blocks.0.attn.proj.weight": (1152, 1152),
+    "blocks.0.mlp.fc1.weight": (4608, 1152),
+    "blocks.0.mlp.fc2.weight": (1152, 4608),
+    "blocks.0.adaLN_modulation.1.weight": (6912, 1152),
+    "final_layer.adaLN_modulation.1.weight": (2304, 1152),
+    "final_layer.linear.weight": (32, 1152),
 }
 # (plain key count, parameters in millions) from the DiT/SiT releases / DiT Table 1
 PLAIN_LAYOUT = {"S": (132, 33), "B": (132, 130), "L": (252, 458), "XL": (292, 675)}
@@ -70,7 +102,8 @@ def test_registry_layout_on_meta(family, size):
     with torch.device("meta"):
         model = build_model(f"{family}-{size}/2")
     keys = set(model.state_dict())
-    assert TWINFLOW_KEYS <= keys and not any("freqs" in key for key in keys)  # sinusoid cache is not persistent
+    # sinusoid cache is not persistent
+    assert TWINFLOW_KEYS <= keys and not any("freqs" in key for key in keys)
     expected_keys, expected_millions = PLAIN_LAYOUT[size]
     assert len(keys - TWINFLOW_KEYS) == expected_keys
     twinflow_params = sum(model.state_dict()[key].numel() for key in TWINFLOW_KEYS)
@@ -96,28 +129,39 @@ def test_every_registry_entry_builds_and_plain_layout_without_twinflow_modules()
         with torch.device("meta"):
             assert build_model(name).pos_embed.shape == (1, grid * grid, 384)
     assert MODEL_REGISTRY["toy"]["data_dim"] == 2 and MODEL_REGISTRY["toy"]["num_classes"] == 0
-    assert MODEL_REGISTRY["CIFAR-B/2"]["in_channels"] == 3 and MODEL_REGISTRY["CIFAR-S/2"]["num_classes"] == 10
+    assert (
+        MODEL_REGISTRY["CIFAR-B/2"]["in_channels"] == 3
+        and MODEL_REGISTRY["CIFAR-S/2"]["num_classes"] == 10
+    )
 
 
-# ------------------------------------------------------------------------------ init and embeddings
+# ---------- init and embeddings ----------
 def test_initialisation_rules():
     torch.manual_seed(0)
     model = DiT(DiTConfig(**{**TINY, "hidden_size": 64}))
     x_t, t, y = tiny_inputs(model)
-    assert torch.equal(model(x_t.float(), t.float(), t.float() / 2, y), torch.zeros_like(x_t.float()))  # adaLN-Zero
+    assert torch.equal(
+        model(x_t.float(), t.float(), t.float() / 2, y), torch.zeros_like(x_t.float())
+    )  # adaLN-Zero
     assert torch.count_nonzero(model.t_sign_embedder.weight) == 0
     assert torch.count_nonzero(model.t_tgt_embedder.mlp[0].bias) == 0
-    assert 0.015 < model.t_tgt_embedder.mlp[0].weight.std().item() < 0.025  # N(0, 0.02): 16384 draws
+    # N(0, 0.02): 16384 draws
+    assert 0.015 < model.t_tgt_embedder.mlp[0].weight.std().item() < 0.025
     assert 0.015 < model.y_embedder.embedding_table.weight.std().item() < 0.025
     assert model.y_embedder.embedding_table.weight.shape == (11, 64)  # 10 classes + null row
     assert not model.pos_embed.requires_grad
-    # x_embedder as a linear layer: xavier-uniform bound sqrt(6 / (fan_in + fan_out)), fan_in = 3 * 2 * 2
+    # x_embedder as a linear layer: xavier-uniform bound sqrt(6 / (fan_in + fan_out)), fan_in = 3 *
+    # 2 * 2
     bound = math.sqrt(6 / (12 + 64))
-    assert model.x_embedder.proj.weight.abs().max() <= bound and model.x_embedder.proj.weight.abs().max() > 0.9 * bound
+    assert (
+        model.x_embedder.proj.weight.abs().max() <= bound
+        and model.x_embedder.proj.weight.abs().max() > 0.9 * bound
+    )
 
 
 def test_pos_embed_matches_mae_formula():
-    """Hand-written numpy version of MAE/DiT get_2d_sincos_pos_embed (meshgrid(w, h), first half from grid[0])."""
+    """Hand-written numpy version of MAE/DiT get_2d_sincos_pos_embed (meshgrid(w, h), first half
+    from grid[0])."""
     embed_dim, grid_size = 32, 4
     model = DiT(DiTConfig(**{**TINY, "hidden_size": embed_dim}))
 
@@ -126,27 +170,38 @@ def test_pos_embed_matches_mae_formula():
         angles = np.outer(positions.reshape(-1), omega)
         return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
-    grid = np.stack(np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64)))
-    expected = np.concatenate([one_dim(embed_dim // 2, grid[0]), one_dim(embed_dim // 2, grid[1])], axis=1)
+    grid = np.stack(
+        np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
+    )
+    expected = np.concatenate(
+        [one_dim(embed_dim // 2, grid[0]), one_dim(embed_dim // 2, grid[1])], axis=1
+    )
     np.testing.assert_allclose(model.pos_embed[0].double().numpy(), expected, atol=1e-6)
     # token 1 sits at row 0, column 1: sin(1 * omega_0) = sin(1) opens the first (column) half
     assert abs(model.pos_embed[0, 1, 0].item() - math.sin(1.0)) < 1e-6
 
 
 def test_timestep_embedding_sees_abs_time_scaled():
-    """The t_embedder input is [cos(|t| s f_i), sin(|t| s f_i)], f_i = exp(-ln(10000) i / 128) (DiT formula)."""
+    """The t_embedder input is [cos(|t| s f_i), sin(|t| s f_i)], f_i = exp(-ln(10000) i / 128) (DiT
+    formula)."""
     model = tiny_model(time_scale=1000.0)
     captured = []
     model.t_embedder.mlp[0].register_forward_pre_hook(lambda module, args: captured.append(args[0]))
     x_t, t, y = tiny_inputs(model)
     model(x_t, -t, -t, y)
     freqs = [math.exp(-math.log(10000) * i / 128) for i in range(128)]
-    expected = torch.tensor([[math.cos(abs(v) * 1000 * f) for f in freqs] + [math.sin(abs(v) * 1000 * f) for f in freqs]
-                             for v in t.tolist()], dtype=torch.float64)
+    expected = torch.tensor(
+        [
+            [math.cos(abs(v) * 1000 * f) for f in freqs]
+            + [math.sin(abs(v) * 1000 * f) for f in freqs]
+            for v in t.tolist()
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(captured[0], expected, rtol=0, atol=1e-9)
 
 
-# --------------------------------------------------------------------------------- forward contract
+# ---------- forward contract ----------
 @pytest.mark.parametrize("learn_sigma", [False, True])
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_output_shapes(learn_sigma, num_classes):
@@ -164,7 +219,8 @@ def test_learn_sigma_keeps_first_channels_and_unpatchify_matches_dit():
     raw = []
     model.final_layer.register_forward_hook(lambda module, args, out: raw.append(out))
     F = model(x_t, t, t, y)
-    # DiT unpatchify: (N, h*w, p*p*C) -> reshape (N, h, w, p, p, C) -> einsum nhwpqc->nchpwq -> (N, C, H, W)
+    # DiT unpatchify: (N, h*w, p*p*C) -> reshape (N, h, w, p, p, C) -> einsum nhwpqc->nchpwq -> (N,
+    # C, H, W)
     patches = raw[0].reshape(3, 4, 4, 2, 2, 6)
     images = torch.einsum("nhwpqc->nchpwq", patches).reshape(3, 6, 8, 8)
     torch.testing.assert_close(F, images[:, :3], rtol=0, atol=0)
@@ -176,12 +232,17 @@ def test_sign_embedding():
     with torch.no_grad():
         model.t_sign_embedder.weight.zero_()
         base = model(x_t, t, t, y)
-        torch.testing.assert_close(model(x_t, -t, -t, y), base, rtol=0, atol=1e-12)  # zero table: sign invisible
-        model.t_sign_embedder.weight[1].normal_(generator=torch.Generator().manual_seed(3))  # row 1 = negative t
-        torch.testing.assert_close(model(x_t, t, t, y), base, rtol=0, atol=0)  # the real branch uses row 0
+        # zero table: sign invisible
+        torch.testing.assert_close(model(x_t, -t, -t, y), base, rtol=0, atol=1e-12)
+        # row 1 = negative t
+        model.t_sign_embedder.weight[1].normal_(generator=torch.Generator().manual_seed(3))
+        # the real branch uses row 0
+        torch.testing.assert_close(model(x_t, t, t, y), base, rtol=0, atol=0)
         assert (model(x_t, -t, -t, y) - base).abs().max() > 1e-3
         mixed = torch.stack([t[0], -t[1], t[2]])  # per-sample rows
-        torch.testing.assert_close(model(x_t, mixed, mixed, y)[[0, 2]], base[[0, 2]], rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            model(x_t, mixed, mixed, y)[[0, 2]], base[[0, 2]], rtol=0, atol=1e-12
+        )
 
 
 def test_target_time_gate_is_exactly_zero_on_the_diagonal():
@@ -193,27 +254,35 @@ def test_target_time_gate_is_exactly_zero_on_the_diagonal():
     with torch.no_grad():
         model.t_sign_embedder.weight.zero_()
         before = model(x_t, t, t, y)
-        torch.testing.assert_close(before, plain(x_t, t, None, y), rtol=0, atol=1e-12)  # == the pretrained model
+        # == the pretrained model
+        torch.testing.assert_close(before, plain(x_t, t, None, y), rtol=0, atol=1e-12)
         randomise(model.t_tgt_embedder, seed=9, std=1.0, skip=())
         torch.testing.assert_close(model(x_t, t, t, y), before, rtol=0, atol=0)
-        torch.testing.assert_close(model(x_t, t, None, y), before, rtol=0, atol=0)  # t_tgt=None means t_tgt=t
+        # t_tgt=None means t_tgt=t
+        torch.testing.assert_close(model(x_t, t, None, y), before, rtol=0, atol=0)
         assert (model(x_t, t, t * 0.5, y) - before).abs().max() > 1e-3
         assert (model(x_t, t, t * 0.5, y) - model(x_t, t, t * 0.25, y)).abs().max() > 1e-3
 
 
 def test_sit_convention_is_negated_output_at_one_minus_t():
-    """SiT files: F(x, t, t_tgt) = -net(x, 1 - |t|, 1 - |t_tgt|), gate (t - t_tgt) in our raw units."""
+    """SiT files: F(x, t, t_tgt) = -net(x, 1 - |t|, 1 - |t_tgt|), gate (t - t_tgt) in our raw
+    units."""
     sit = tiny_model(time_convention="sit")
     ours = tiny_model(time_convention="ours")
     ours.load_state_dict(sit.state_dict())
     x_t, t, y = tiny_inputs(sit)
     t_tgt = t * 0.3
     with torch.no_grad():
-        torch.testing.assert_close(sit(x_t, t, t, y), -ours(x_t, 1 - t, 1 - t, y), rtol=0, atol=1e-12)
-        # off the diagonal the ours-model gate is (1 - t) - (1 - t_tgt) = -(t - t_tgt): flip its embedder's sign
+        torch.testing.assert_close(
+            sit(x_t, t, t, y), -ours(x_t, 1 - t, 1 - t, y), rtol=0, atol=1e-12
+        )
+        # off the diagonal the ours-model gate is (1 - t) - (1 - t_tgt) = -(t - t_tgt): flip its
+        # embedder's sign
         ours.t_tgt_embedder.mlp[2].weight.neg_()
         ours.t_tgt_embedder.mlp[2].bias.neg_()
-        torch.testing.assert_close(sit(x_t, t, t_tgt, y), -ours(x_t, 1 - t, 1 - t_tgt, y), rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            sit(x_t, t, t_tgt, y), -ours(x_t, 1 - t, 1 - t_tgt, y), rtol=0, atol=1e-12
+        )
 
 
 def test_null_class_and_unconditional():
@@ -235,7 +304,9 @@ def test_single_token_attention_shortcut_equals_softmax_attention():
     x2 = torch.randn(5, 3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     q, k, v = attention.qkv(x2).reshape(5, 3, 3, 4, 4).permute(2, 0, 3, 1, 4)
     weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
-    torch.testing.assert_close(attention(x2), attention.proj((weights @ v).transpose(1, 2).reshape(5, 3, 16)))
+    torch.testing.assert_close(
+        attention(x2), attention.proj((weights @ v).transpose(1, 2).reshape(5, 3, 16))
+    )
 
 
 def test_gradient_checkpointing_same_values_and_gradients():
@@ -249,11 +320,14 @@ def test_gradient_checkpointing_same_values_and_gradients():
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("overrides, wrapper", [
-    (dict(time_convention="sit"), SiTTimeFlip),
-    (dict(prediction_type="epsilon", time_scale=1000.0), DiffusionAsFlow),
-    (dict(prediction_type="v_prediction"), DiffusionAsFlow),
-])
+@pytest.mark.parametrize(
+    "overrides, wrapper",
+    [
+        (dict(time_convention="sit"), SiTTimeFlip),
+        (dict(prediction_type="epsilon", time_scale=1000.0), DiffusionAsFlow),
+        (dict(prediction_type="v_prediction"), DiffusionAsFlow),
+    ],
+)
 def test_wrappers_keep_the_plain_keys_and_only_the_plain_dit_is_plain(overrides, wrapper):
     """The SiT flip and the diffusion bridge are subclasses with DiT's exact state-dict keys; the
     plain DiT refuses a config it would not translate, and each wrapper refuses the others'."""
@@ -278,14 +352,15 @@ def test_diffusion_wrapper_is_the_ddpm_network_on_the_rescaled_input():
     t = torch.tensor([0.3, -0.6, 0.45], dtype=torch.float64)
     betas = np.linspace(1e-4, 0.02, 1000)
     log_table = -np.log(np.cumprod(1 - betas))
-    alpha_bar = (1 - t.abs()) ** 2 / ((1 - t.abs()) ** 2 + t ** 2)  # (B,)
+    alpha_bar = (1 - t.abs()) ** 2 / ((1 - t.abs()) ** 2 + t**2)  # (B,)
     index = torch.from_numpy(np.interp(-np.log(alpha_bar.numpy()), log_table, np.arange(1000.0)))
     scale = (alpha_bar.sqrt() + (1 - alpha_bar).sqrt())[:, None, None, None]
     x_ddpm = x_t * scale
     captured = {}
     with torch.no_grad():
         handle = net.t_embedder.register_forward_pre_hook(
-            lambda module, args: captured.setdefault("time", args[0]))
+            lambda module, args: captured.setdefault("time", args[0])
+        )
         net.network_time = lambda time: index  # the DDPM index, computed above
         epsilon = net(x_ddpm, t, None, y)  # signed t: the fake branch keeps its sign row
         handle.remove()
@@ -305,7 +380,7 @@ def test_no_import_inside_a_function():
             assert not nested, f"import inside {node.name}"
 
 
-# ----------------------------------------------------------------------------------------- metadata
+# ---------- metadata ----------
 def test_metadata_round_trip(tmp_path):
     model = tiny_model(learn_sigma=True, time_scale=1000.0, time_convention="sit")
     path = tmp_path / "tiny.safetensors"
@@ -332,7 +407,7 @@ def test_metadata_errors():
         config_from_metadata({"twinflow_min.model_config": "[1, 2"})
 
 
-# --------------------------------------------------------------------------------------- bad inputs
+# ---------- bad inputs ----------
 def test_bad_inputs_raise_clear_errors():
     model = tiny_model()
     x_t, t, y = tiny_inputs(model)

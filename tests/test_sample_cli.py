@@ -317,5 +317,5 @@ def test_cli_error_has_no_traceback(tmp_path):
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        "sample.py: error: --num must be an integer in " "[1, 9223372036854775807], got 0"
+        "sample.py: error: --num must be an integer in [1, 9223372036854775807], got 0"
     ]

@@ -12,12 +12,9 @@ The exact answer comes from the closed-form flow map of N(mu, sigma^2) data (tes
 either sampler. Time convention: see twinflow_min/transport.py.
 """
 
-import math
-
-import pytest
 import torch
 
-from test_sampler import MU, SIGMA, Z4, gaussian_flow_map, gaussian_model
+from test_sampler import Z4, gaussian_flow_map, gaussian_model
 from twinflow_min.sampler import ucgm_sample, ucgm_time_grid
 from twinflow_min.transport import invert
 

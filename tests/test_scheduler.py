@@ -63,7 +63,7 @@ def test_loop_equals_ucgm_sample_explicit(style, ratio, gaps):
 
 def test_default_grids_follow_official_configs():
     scheduler = TwinFlowScheduler()
-    # reference §3.2: 1 NFE [1, 0]; 2 NFE [0.999, 0.6, 0]; 4 NFE 0.999 - k 0.499/3, then 0
+    # docs/math.md#sampler-presets: 1 NFE [1, 0]; 2 NFE [0.999, 0.6, 0]; 4 NFE 0.999 - k 0.499/3, 0
     for steps, expected in (
         (1, [1.0, 0.0]),
         (2, [0.999, 0.6, 0.0]),
@@ -183,7 +183,7 @@ def test_clear_errors():
         scheduler.config["shift"] = 3.0
 
 
-# ------------------------------------------------------ issue 18: the diffusers pipeline interface
+# ---------- issue 18: the diffusers pipeline interface ----------
 
 
 class InstantaneousModel:

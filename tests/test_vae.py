@@ -2,10 +2,10 @@
 
 A tiny random decoder is saved as safetensors in both attention-key styles and compared against an
 independent straightforward forward pass written here with functional ops on the raw state dict
-(diffusers `Decoder` semantics: GroupNorm(eps 1e-6) -> SiLU -> 3x3 conv resnets, single-head attention with
-scale 1/sqrt(C), nearest x2 upsampling). The full-size layout (140 tensors, 49,490,199 parameters, the figures
-of `stabilityai/sd-vae-ft-ema`'s decoder + post_quant_conv in the released file) is checked
-on the meta device.
+(diffusers `Decoder` semantics: GroupNorm(eps 1e-6) -> SiLU -> 3x3 conv resnets, single-head
+attention with scale 1/sqrt(C), nearest x2 upsampling). The full-size layout (140 tensors,
+49,490,199 parameters, the figures of `stabilityai/sd-vae-ft-ema`'s decoder + post_quant_conv in the
+released file) is checked on the meta device.
 """
 
 import math
@@ -18,13 +18,16 @@ from safetensors.torch import save_file
 from twinflow_min.vae import SDVAEDecoder, VAECheckpointError, VAEDecoderConfig
 
 DTYPE = torch.float64
-TINY = VAEDecoderConfig(latent_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32)
+TINY = VAEDecoderConfig(
+    latent_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32
+)
 EPS = 1e-6
 GROUPS = 32
 
 
 def random_state_dict(config, seed=0):
-    """Random weights with the exact diffusers key names (norm scales around 1 so activations stay O(1))."""
+    """Random weights with the exact diffusers key names (norm scales around 1 so activations stay
+    O(1))."""
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in SDVAEDecoder(config).state_dict().items()}
     generator = torch.Generator().manual_seed(seed)
@@ -40,12 +43,20 @@ def random_state_dict(config, seed=0):
     return state
 
 
-# -------------------------------------------------------------------- independent reference forward
+# ---------- independent reference forward ----------
 def ref_resnet(sd, p, x):
-    h = F.conv2d(F.silu(F.group_norm(x, GROUPS, sd[p + "norm1.weight"], sd[p + "norm1.bias"], EPS)),
-                 sd[p + "conv1.weight"], sd[p + "conv1.bias"], padding=1)
-    h = F.conv2d(F.silu(F.group_norm(h, GROUPS, sd[p + "norm2.weight"], sd[p + "norm2.bias"], EPS)),
-                 sd[p + "conv2.weight"], sd[p + "conv2.bias"], padding=1)
+    h = F.conv2d(
+        F.silu(F.group_norm(x, GROUPS, sd[p + "norm1.weight"], sd[p + "norm1.bias"], EPS)),
+        sd[p + "conv1.weight"],
+        sd[p + "conv1.bias"],
+        padding=1,
+    )
+    h = F.conv2d(
+        F.silu(F.group_norm(h, GROUPS, sd[p + "norm2.weight"], sd[p + "norm2.bias"], EPS)),
+        sd[p + "conv2.weight"],
+        sd[p + "conv2.bias"],
+        padding=1,
+    )
     if p + "conv_shortcut.weight" in sd:
         x = F.conv2d(x, sd[p + "conv_shortcut.weight"], sd[p + "conv_shortcut.bias"])
     return x + h
@@ -74,9 +85,17 @@ def ref_decode(sd, latents, num_blocks, num_resnets, scaling=0.18215):
             h = ref_resnet(sd, f"decoder.up_blocks.{i}.resnets.{j}.", h)
         if i < num_blocks - 1:
             h = h.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # nearest x2
-            h = F.conv2d(h, sd[f"decoder.up_blocks.{i}.upsamplers.0.conv.weight"],
-                         sd[f"decoder.up_blocks.{i}.upsamplers.0.conv.bias"], padding=1)
-    h = F.silu(F.group_norm(h, GROUPS, sd["decoder.conv_norm_out.weight"], sd["decoder.conv_norm_out.bias"], EPS))
+            h = F.conv2d(
+                h,
+                sd[f"decoder.up_blocks.{i}.upsamplers.0.conv.weight"],
+                sd[f"decoder.up_blocks.{i}.upsamplers.0.conv.bias"],
+                padding=1,
+            )
+    h = F.silu(
+        F.group_norm(
+            h, GROUPS, sd["decoder.conv_norm_out.weight"], sd["decoder.conv_norm_out.bias"], EPS
+        )
+    )
     return F.conv2d(h, sd["decoder.conv_out.weight"], sd["decoder.conv_out.bias"], padding=1)
 
 
@@ -95,13 +114,15 @@ def to_old_attention_style(state):
 
 
 def with_encoder_keys(state):
-    extra = {"encoder.conv_in.weight": torch.zeros(32, 3, 3, 3, dtype=DTYPE),
-             "encoder.conv_in.bias": torch.zeros(32, dtype=DTYPE),
-             "quant_conv.weight": torch.zeros(8, 8, 1, 1, dtype=DTYPE)}
+    extra = {
+        "encoder.conv_in.weight": torch.zeros(32, 3, 3, 3, dtype=DTYPE),
+        "encoder.conv_in.bias": torch.zeros(32, dtype=DTYPE),
+        "quant_conv.weight": torch.zeros(8, 8, 1, 1, dtype=DTYPE),
+    }
     return {**state, **extra}
 
 
-# ----------------------------------------------------------------------------- tests
+# ---------- tests ----------
 @pytest.mark.parametrize("style", ["current", "old"])
 def test_tiny_decoder_matches_reference_forward(tmp_path, style):
     state = random_state_dict(TINY)
@@ -140,7 +161,12 @@ def test_full_size_layout_on_meta():
     assert "decoder.up_blocks.0.resnets.0.conv_shortcut.weight" not in state
     assert state["decoder.conv_out.weight"].shape == (3, 128, 3, 3)
     # 32x32 latents decode to 256x256 images (three x2 upsamplers)
-    assert model.decode(torch.empty(1, 4, 32, 32, device="meta"), clamp=False).shape == (1, 3, 256, 256)
+    assert model.decode(torch.empty(1, 4, 32, 32, device="meta"), clamp=False).shape == (
+        1,
+        3,
+        256,
+        256,
+    )
 
 
 def test_missing_unexpected_and_mismatched_keys_are_listed(tmp_path):
