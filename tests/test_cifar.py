@@ -51,7 +51,7 @@ def _expected(split: str) -> tuple[np.ndarray, np.ndarray]:
     indices = range(1, 6) if split == "train" else [6]
     pairs = [_batch_arrays(i) for i in indices]
     images = np.concatenate([d for d, _ in pairs]).reshape(-1, 3, 32, 32)
-    return images, np.concatenate([np.array(l) for _, l in pairs])
+    return images, np.concatenate([np.array(labels) for _, labels in pairs])
 
 
 def _write_python(root: Path, str_keys: bool = False) -> Path:

@@ -231,7 +231,10 @@ def _color(label: int, index: int) -> tuple[int, int, int]:
     return (10 + 40 * label, 20 + index, 200 - 30 * label)
 
 
-def _write_classes(root, sizes={"cat": 2, "ant": 3, "bee": 2}, width=6, height=5):
+CLASS_SIZES = {"cat": 2, "ant": 3, "bee": 2}
+
+
+def _write_classes(root, sizes=CLASS_SIZES, width=6, height=5):
     """PNGs of solid colours, a known pixel at (x=4, y=1) = (255, 0, 7); 'bee' stored as RGBA, one
     as grey."""
     for name, count in sizes.items():

@@ -315,7 +315,10 @@ def test_sde_ratio_is_recomputed_every_step():
     states = [c[2] for c in recorder.calls]
     for k in range(3):
         eps = torch.randn(64, generator=replay, dtype=F64)
-        step = lambda r: grid[k + 1] * (math.sqrt(1 - r) * states[k] / grid[k] + math.sqrt(r) * eps)
+
+        def step(r, k=k, eps=eps):
+            return grid[k + 1] * (math.sqrt(1 - r) * states[k] / grid[k] + math.sqrt(r) * eps)
+
         assert torch.allclose(states[k + 1], step(hand[k]), atol=1e-12)
         if k > 0:  # the official code would reuse the step-0 ratio
             assert not torch.allclose(states[k + 1], step(hand[0]), atol=1e-3)
