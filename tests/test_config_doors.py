@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from twinflow_min.config import ConfigError, ConfigWarning
-from twinflow_min.config_cli import resolve_config
+from twinflow_min.config_cli import resolve_config, resolve_config_with_notes
 
 REPO = Path(__file__).resolve().parent.parent
 INT64_MAX = 2**63 - 1
@@ -225,6 +225,15 @@ def test_settings_the_user_wrote_that_would_not_be_read(tmp_path, pretrained):
     assert accepted(["--lr_decay_steps", "500"]).lr_decay_steps == 500  # toy preset: cosine
     message = refused(["--pretrained", pretrained, "--image-free", "--model", "CIFAR-B/2"])
     assert message.startswith("model = 'CIFAR-B/2' is not used: the pretrained file defines")
+
+
+def test_notes_come_back_as_lines_for_the_entry_point_to_print():
+    cfg, notes = resolve_config_with_notes(["--lora_rank", "8", "--twinflow_enabled", "false",
+                                            "--twinflow_estimate_order", "3"])
+    assert cfg.lora_rank == 8 and len(notes) == 2
+    assert notes[0].startswith("model_type is full: lora_rank is not used")
+    assert notes[1].startswith("twinflow_enabled is false (plain flow matching): ")
+    assert resolve_config_with_notes([])[1] == []
 
 
 def test_md5_switch_without_cifar_files_gets_one_note():

@@ -204,9 +204,23 @@ def _check_given_keys(cfg: TrainConfig, flags: set[str], file_keys: set[str]) ->
 
 def resolve_config(argv: list[str] | None = None,
                    description: str = "Train TwinFlow.") -> TrainConfig:
+    """`resolve_config_with_notes`, each note issued as a ConfigWarning (one line of text).
+
+    Raises ConfigError (one line) for anything that cannot work.
+    """
+    cfg, notes = resolve_config_with_notes(argv, description)
+    for note in notes:
+        warnings.warn(note, ConfigWarning, stacklevel=2)
+    return cfg
+
+
+def resolve_config_with_notes(argv: list[str] | None = None, description: str = "Train TwinFlow."
+                              ) -> tuple[TrainConfig, list[str]]:
     """parse -> load JSON (if any) -> check keys and types -> build -> validate.
 
-    Raises ConfigError (one line) for anything that cannot work; notes are ConfigWarning warnings.
+    Returns the config and its notes (one line each, e.g. keys that are set but not used), for an
+    entry point to print as it likes ("train.py: note: ..."). Raises ConfigError (one line) for
+    anything that cannot work.
     """
     namespace, unknown = build_parser(description).parse_known_args(argv)
     if unknown:
@@ -232,9 +246,7 @@ def resolve_config(argv: list[str] | None = None,
     cfg = TrainConfig(**{**start, **flags})
     file_keys = set(start) if config_path is not None else set()
     notes = validate(cfg) + _check_given_keys(cfg, set(flags), file_keys)
-    for note in notes:
-        warnings.warn(note, ConfigWarning, stacklevel=2)
-    return cfg
+    return cfg, notes
 
 
 def config_table_markdown() -> str:
