@@ -464,6 +464,18 @@ def test_twinflow_options_map_onto_the_loss_keywords(tmp_path):
         consistency_ratio=1.0)
 
 
+def test_config_defaults_are_the_loss_options_defaults_but_simpletuners_two():
+    # one source of truth: only adversarial_enabled (SimpleTuner off, tutorial on) and
+    # enhanced_ratio (SimpleTuner 0.5, tutorial class 0) differ from TwinFlowOptions()
+    cfg = TrainConfig()
+    assert (cfg.twinflow_adversarial_enabled, cfg.twinflow_enhanced_ratio) == (False, 0.5)
+    tutorial = TrainConfig(twinflow_adversarial_enabled=True, twinflow_enhanced_ratio=0.0)
+    assert tutorial.twinflow_options() == TwinFlowOptions()
+    large = TrainConfig(twinflow_recipe="large", twinflow_adversarial_enabled=True,
+                        twinflow_enhanced_ratio=0.0)
+    assert large.twinflow_options() == TwinFlowOptions(recipe="large")
+
+
 def test_frozen_teacher_switches_of_the_large_recipe(tmp_path):
     # SRC `ema_decay_rate == 1`: the RCGM target uses the student; image-free also centres CFG
     # on F_null (docs/math.md#ema-teacher)
