@@ -46,6 +46,7 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 RECIPES = ("flow matching", "twinflow tutorial", "twinflow large")
 CFG_RATIO = 0.5  # enhanced_ratio of train.py's default config, used for class-conditional models
 GRAD_ROW_COST = 3  # a row with gradient: one forward + a backward counted as two forwards
+LARGE_MIN_BATCH = 4  # the large recipe needs a row in each of its e2e, mul, any, adv groups
 MIB = 2 ** 20
 
 
@@ -91,6 +92,13 @@ def check_counts(parser: argparse.ArgumentParser, **counts) -> None:
         values = value if isinstance(value, list) else [value]
         if not values or not all(is_count(v) for v in values):
             parser.error(f"--{name.replace('_', '-')} must be integer(s) >= 1, got {value}")
+
+
+def check_large_batch(parser: argparse.ArgumentParser, batch: int) -> None:
+    """Scripts that run the large recipe need one row per row group."""
+    if batch < LARGE_MIN_BATCH:
+        parser.error(f"--batch {batch}: the large recipe needs a row in each of its 4 row groups"
+                     f" (e2e, mul, any, adv); use --batch {LARGE_MIN_BATCH} or more")
 
 
 def write_json(path: str | None, data: dict) -> None:

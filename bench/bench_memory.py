@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     build,
     check_common,
     check_counts,
+    check_large_batch,
     forward_equivalents,
     interleaved_medians,
     make_train_step,
@@ -105,6 +106,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device = check_common(parser, args)
     check_counts(parser, batch=args.batch)
+    check_large_batch(parser, args.batch)
     results = measure(args.model, args.batch, device, args.dtype, args.rounds,
                       args.gradient_checkpointing)
     title = (f"{args.model}, batch {args.batch}, {device}, {args.dtype}"

@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     build,
     check_common,
     check_counts,
+    check_large_batch,
     count_forward_equivalents,
     forward_equivalents,
     interleaved_medians,
@@ -63,6 +64,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device = check_common(parser, args)
     check_counts(parser, batch=args.batch, steps=args.steps)
+    check_large_batch(parser, args.batch)
     steps, predicted, counted = {}, {}, {}
     for name in RECIPES:
         model = build(args.model, device)

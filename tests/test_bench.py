@@ -197,6 +197,7 @@ def test_largest_batch_search_brackets_the_limit(monkeypatch):
     (bench_train_step, ["--rounds", "0"], "--rounds must be an integer >= 1"),
     (bench_memory, ["--device", "gpu"], "is not a device name"),
     (bench_memory, ["--threads", "-1"], "--threads must be an integer >= 0"),
+    (bench_memory, ["--batch", "2"], "needs a row in each of its 4 row groups"),
     (gpu_check, ["--out", "x.json", "--budget", "0", "--smoke"], "--budget must be a positive"),
 ])
 def test_bad_arguments_stop_with_one_line(script, argv, message, capsys):
