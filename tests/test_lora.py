@@ -341,6 +341,14 @@ def test_adapter_file_holds_no_base_tensor(trained_run):
     assert adapter_path.stat().st_size < Path(base_path).stat().st_size
 
 
+def test_load_pretrained_names_an_adapter_file_as_such(trained_run):
+    _, adapter_path, _, _ = trained_run
+    with pytest.raises(CheckpointError, match="is a LoRA adapter") as caught:
+        load_pretrained(adapter_path)
+    assert "merge_lora.py" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
 def test_load_adapter_restores_student_and_teacher(trained_run):
     base_path, adapter_path, model, teacher = trained_run
     x_t, t, t_tgt, y = inputs()

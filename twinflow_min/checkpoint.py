@@ -59,6 +59,7 @@ REQUIRED_KEYS = (
 # Metadata written by tools/convert_checkpoint.py next to the model config.
 META_TIME_CONVENTION = "twinflow_min.time_convention"
 META_PREDICTION_TYPE = "twinflow_min.prediction_type"
+LORA_METADATA_KEY = "twinflow_min.lora"  # an adapter file (lora.py): not a whole model
 META_TIME_SCALE = "twinflow_min.time_scale"
 META_ARCHITECTURE = "twinflow_min.architecture"
 
@@ -357,6 +358,11 @@ def load_pretrained(
             f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}"
         )
     shapes, dtypes, metadata = read_header(path)
+    if LORA_METADATA_KEY in metadata:
+        raise CheckpointError(
+            f"{path} is a LoRA adapter, not a whole model: sample it with sample.py, or merge it "
+            f"into its base with python tools/merge_lora.py ADAPTER OUT.safetensors"
+        )
     key_map, weights_used = _select_weights(shapes, metadata, weights)
     found = {model_key: shapes[file_key] for model_key, file_key in key_map.items()}
     _require_dit_layout(

@@ -53,7 +53,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from twinflow_min.checkpoint import TWINFLOW_PREFIXES, load_pretrained, read_header
+from twinflow_min.checkpoint import (
+    LORA_METADATA_KEY,
+    TWINFLOW_PREFIXES,
+    load_pretrained,
+    read_header,
+)
 from twinflow_min.checks import CheckpointError, is_count, is_real
 from twinflow_min.ema import EMATeacher
 from twinflow_min.model import METADATA_KEY, config_from_metadata, config_to_metadata
@@ -62,7 +67,6 @@ from twinflow_min.train_state import FORMAT_KEY
 DEFAULT_TARGETS = ("qkv", "proj", "fc1", "fc2", "adaLN_modulation")
 ADAPTER_NAMES = ("lora_A", "lora_B")
 ADAPTER_FORMAT = "twinflow-min-lora-adapter-1"  # FORMAT_KEY of a file written by save_adapter
-LORA_METADATA_KEY = "twinflow_min.lora"  # JSON: LoRASettings + base_path, base_sha256
 EMA_METADATA_KEY = "twinflow_min.lora_ema"  # JSON: the teacher's decay and warm-up state
 MODEL_PREFIX = "model."  # file keys of the trainable tensors (as in training checkpoints)
 EMA_PREFIX = "ema.teacher."  # file keys of the teacher values (EMATeacher.state_dict()["teacher"])
