@@ -103,7 +103,7 @@ OPTION_RULES: dict[str, tuple[Callable, str]] = {
     "time_weighting": (lambda v, o: _is_bool(v), "must be True or False"),
     "dist_match_cof": (_at_least(0), "must be a number >= 0; SRC 0.5"),
     "rectify_clip": (lambda v, o: v is None or (is_real(v, allow_inf=True) and v > 0),
-                     "must be None (recipe default) or a number > 0 (math.inf = no clip)"),
+                     "must be None (the recipe's default) or a number > 0"),
     "enhanced_range": (lambda v, o: _is_range(v), "must be two numbers lo < hi within [0, 1]"),
     "consistency_ratio": (lambda v, o: is_real(v) and 0 <= v <= 1,
                           "must lie in [0, 1] (SRC consistc_ratio); official 1"),
@@ -141,7 +141,7 @@ class TwinFlowOptions:
     barron_c: float = 1e-3
     time_weighting: bool = False  # large: SRC tan weight omega(t, t_tgt)
     dist_match_cof: float = 0.5  # large: SRC factor on loss_rectify
-    rectify_clip: float | None = None  # None: tutorial no clip, large 1.0 (SRC)
+    rectify_clip: float | None = None  # None: tutorial no clip, large 1.0 (SRC); math.inf: no clip
     enhanced_range: tuple[float, float] = (0.0, 1.0)  # large: CFG only where lo < t < hi (SRC)
     consistency_ratio: float = 1.0  # large: SRC consistc_ratio (0: no RCGM; != 1: no rectify)
     rcgm_teacher_is_student: bool = False  # large: RCGM passes use the student (SRC decay 1)
