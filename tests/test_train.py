@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 import sample
 import train
-from twinflow_min import train_state
+from twinflow_min import objective, train_state
 from twinflow_min.train_state import read_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def _assert_identical(a, b):
 
 def interrupt_at_call(monkeypatch, call_index: int):
     """Send Ctrl-C (SIGINT) to ourselves inside the `call_index`-th loss evaluation, as a user would."""
-    original, calls = train.twinflow_losses, []
+    original, calls = objective.twinflow_losses, []
 
     def losses(*args, **kwargs):
         calls.append(1)
@@ -89,7 +89,7 @@ def interrupt_at_call(monkeypatch, call_index: int):
             os.kill(os.getpid(), signal.SIGINT)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "twinflow_losses", losses)
+    monkeypatch.setattr(objective, "twinflow_losses", losses)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
@@ -99,10 +99,13 @@ def test_toy_interrupt_and_resume_is_bit_identical(tmp_path, monkeypatch, schedu
     straight = run_toy(tmp_path, *common, name="straight")
     with monkeypatch.context() as patch:
         interrupt_at_call(patch, 3)
-        part = run_toy(tmp_path, *common, name="part")
-    assert part["interrupted"] and part["step"] == 3
-    resumed = train.main(["--resume", part["run_dir"]])  # the run's own config comes back from the checkpoint
-    assert resumed["step"] == 8 and resumed["run_dir"] == part["run_dir"]
+        with pytest.raises(SystemExit) as stopped:
+            run_toy(tmp_path, *common, name="part")
+    assert stopped.value.code == 130  # 128 + SIGINT: an interrupted run exits non-zero
+    part_dir = str(tmp_path / "part")
+    assert read_checkpoint(part_dir)["info"]["step"] == 3
+    resumed = train.main(["--resume", part_dir])  # the run's own config comes back from the checkpoint
+    assert resumed["step"] == 8 and resumed["run_dir"] == part_dir
     model_a, ema_a, opt_a = _weights(straight["run_dir"])
     model_b, ema_b, opt_b = _weights(resumed["run_dir"])
     _assert_identical(model_a, model_b)
@@ -133,7 +136,7 @@ def test_images_train_resume_and_validation_grids(tmp_path):
 
 
 def test_nan_loss_stops_with_step_terms_and_checkpoint(tmp_path, monkeypatch, capsys):
-    original, calls = train.twinflow_losses, []
+    original, calls = objective.twinflow_losses, []
 
     def losses(*args, **kwargs):
         calls.append(1)
@@ -143,7 +146,7 @@ def test_nan_loss_stops_with_step_terms_and_checkpoint(tmp_path, monkeypatch, ca
             terms["loss"] = terms["loss"] + terms["loss_adv"]
         return terms
 
-    monkeypatch.setattr(train, "twinflow_losses", losses)
+    monkeypatch.setattr(objective, "twinflow_losses", losses)
     with pytest.raises(SystemExit) as stopped:
         run_toy(tmp_path, "--steps", "10", "--checkpointing_steps", "2")
     assert stopped.value.code == 3
@@ -181,7 +184,9 @@ def test_sample_py_round_trip_and_per_seed_determinism(tmp_path):
     sample.main([summary["checkpoint"], "--nfe", "1", "--num", "10", "--out", str(out_b), "--seed", "3"])
     a, b = np.load(out_a), np.load(out_b)
     assert a.shape == (40, 2) and a.dtype == np.float32 and np.isfinite(a).all()
-    np.testing.assert_array_equal(a[:10], b)  # sample i depends only on (seed, i), not on batching or count
+    # sample i depends only on (seed, i), not on batching or count: equal up to float32 rounding, since
+    # a matmul over 16 rows and one over 10 rows may block the sums differently (6e-8 seen on torch 2.13)
+    np.testing.assert_allclose(a[:10], b, rtol=0, atol=1e-6)
     c = tmp_path / "c.npy"
     sample.main([summary["run_dir"], "--nfe", "2", "--num", "10", "--out", str(c), "--seed", "4"])
     assert not np.array_equal(np.load(c), b)
@@ -192,7 +197,7 @@ def test_sample_py_round_trip_and_per_seed_determinism(tmp_path):
 # Every refusal of issue #4, each as a JSON file: {key the one-line message must name: file contents}.
 CONFIG_ERRORS = {
     "prediction_type": {"twinflow_enabled": True, "prediction_type": "epsilon"},
-    "use_ema": {"twinflow_enabled": True, "use_ema": False},
+    "use_ema": {"twinflow_enabled": True, "use_ema": False, "twinflow_enhanced_ratio": 0.0},
     "distillation_method": {"twinflow_enabled": True, "distillation_method": "dmd"},
     "twinflow_estimate_ordr": {"twinflow_estimate_ordr": 2},  # unknown key (the message suggests the right one)
     "learning_rate": {"learning_rate": "fast"},  # wrong type

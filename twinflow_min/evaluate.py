@@ -1,10 +1,9 @@
-"""Evaluation used during and after training: few-step samples, the toy energy distance, image grids.
+"""Evaluation during and after training: few-step samples, the toy energy distance, image grids.
 
 Paper: TwinFlow (arXiv:2512.05150) evaluates 1/2/4-NFE sampling with the UCGM sampler at guidance 0
-(official `inference.py`, reference §3.2). This module only wires `sampler.py`, `metrics.py` and `plots.py`
-together; it holds no math of its own.
-
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, negative t is the fake branch.
+(official `inference.py`; docs/math.md#ucgm-sampler and docs/math.md#sampler-presets). This module
+only wires `sampler.py`, `metrics.py` and `plots.py` together; it holds no math of its own. Time
+convention: see twinflow_min/transport.py.
 """
 
 from __future__ import annotations
@@ -19,9 +18,10 @@ from twinflow_min.metrics import energy_distance
 from twinflow_min.plots import image_grid_png, scatter_png
 from twinflow_min.sampler import preset_for_nfe, ucgm_sample
 
-# A 50-step Euler ODE on the instantaneous velocity (mul style, no re-noising): the "multi-step" reference.
+# A 50-step Euler ODE on the instantaneous velocity (mul style, no re-noising): the multi-step
+# reference.
 ODE_STEPS = 50
-TOY_EVAL_SEED = 777  # seed of the toy evaluation's noise, sampler noise and reference data (any fixed value)
+TOY_EVAL_SEED = 777  # seed of the toy evaluation's noise, sampler noise and data (any fixed value)
 ODE_OPTIONS = dict(steps=ODE_STEPS, style="mul", stochastic_ratio=0.0, boundary_gaps=(0.0, 0.0))
 
 
@@ -47,12 +47,13 @@ def _label(nfe: int | str) -> str:
 
 
 @torch.no_grad()
-def evaluate_toy(model, dataset: str, *, num: int = 4000, seed: int = 0, device: str | torch.device = "cpu",
-                 nfes=(1, 2, 4, "ode"), out_dir: str | Path | None = None) -> dict:
-    """Energy distance between `num` samples and `num` fresh data points, for each NFE (+ PNG figures).
+def evaluate_toy(model, dataset: str, *, num: int = 4000, seed: int = 0,
+                 device: str | torch.device = "cpu", nfes=(1, 2, 4, "ode"),
+                 out_dir: str | Path | None = None) -> dict:
+    """Energy distance between `num` samples and `num` fresh data points per NFE (+ PNG figures).
 
-    The noise, the sampler noise and the reference data come from generators seeded by `seed`, so the
-    numbers are reproducible and independent of the training RNG.
+    The noise, the sampler noise and the reference data come from generators seeded by `seed`, so
+    the numbers are reproducible and independent of the training RNG.
     """
     noise_gen = torch.Generator().manual_seed(seed)
     z = torch.randn(num, 2, generator=noise_gen).to(device)
@@ -63,20 +64,22 @@ def evaluate_toy(model, dataset: str, *, num: int = 4000, seed: int = 0, device:
         samples = generate(model, z, nfe, generator=sampler_gen).float().cpu()
         key = "energy_distance_ode50" if nfe == "ode" else f"energy_distance_nfe{nfe}"
         results[key] = energy_distance(samples, reference)
-        panels.append((f"{_label(nfe)}  ED={results[key]:.4f}", {"data": reference, "samples": samples}))
+        panels.append((f"{_label(nfe)}  ED={results[key]:.4f}",
+                       {"data": reference, "samples": samples}))
         if out_dir is not None and nfe != "ode":
             scatter_png(Path(out_dir) / f"samples_nfe{nfe}.png", [panels[-1]],
                         title=f"{dataset}: {_label(nfe)} samples vs data")
     if out_dir is not None:
         scatter_png(Path(out_dir) / "samples_multistep.png", panels,
-                    title=f"{dataset}: few-step vs {ODE_STEPS}-step ODE (energy distance to fresh data)")
+                    title=f"{dataset}: few-step vs {ODE_STEPS}-step ODE "
+                          f"(energy distance to fresh data)")
     results["num_samples"] = num
     return results
 
 
 @torch.no_grad()
 def validation_grid(model, z: Tensor, y: Tensor | None, nfes, path: str | Path) -> Path:
-    """One row of images per NFE from the same noise and labels (guidance 0: CFG is baked into training)."""
+    """One row of images per NFE from the same noise and labels (guidance 0: CFG is trained in)."""
     rows = []
     for nfe in nfes:
         sampler_gen = torch.Generator(device=z.device).manual_seed(0)

@@ -1,72 +1,260 @@
-"""The pieces `train.py` wires together: data sources, model construction, run folders, logs.
+"""The small pieces `train.py` wires together: precision, schedule, teacher, checkpoints, stops.
 
-Kept out of `train.py` so that script reads top to bottom as the algorithm (DiT `train.py` style,
-convention 12). Nothing here is TwinFlow math: the losses live in `twinflow.py`, the sampler in
-`sampler.py`.
-
-Time convention: x_t = (1 - t) * x + t * z, t = 1 is noise, negative t is the fake branch.
+Kept out of `train.py` so that script reads top to bottom as the training algorithm (DiT `train.py`,
+nanoGPT `train.py`, edm `training_loop.py` habits). Nothing here is TwinFlow math: the losses live
+in `twinflow.py` (called through `objective.py`), the sampler in `sampler.py`, the data in
+`data_sources.py`. Time convention: see twinflow_min/transport.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
+import math
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from twinflow_min import evaluate
-from twinflow_min.checkpoint import CheckpointError, load_pretrained
-from twinflow_min.config import TrainConfig
-from twinflow_min.data import ImageBatches, load_dataset, sample_toy
-from twinflow_min.model import DiT, build_model
-from twinflow_min.plots import scatter_png, trajectory_map_png
+from twinflow_min.data_sources import SetupError
+from twinflow_min.ema import EMATeacher
+from twinflow_min.plots import trajectory_map_png
+from twinflow_min.run_dir import append_metrics
+from twinflow_min.train_state import capture_rng_states, first_nonfinite, save_checkpoint
+from twinflow_min.twinflow import TwinFlowOptions
 
+
+# --------------------------------------------------------------------------------------------
+# Errors and stops
+# --------------------------------------------------------------------------------------------
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient: stop and say where, with every term, instead of training on NaN."""
+    """A non-finite loss, gradient or weight: stop and say where, with every term, instead of
+    training on NaN.
 
-    def __init__(self, step: int, terms: dict[str, float], last_checkpoint: Path | None):
+    `step` is the 1-based optimizer step; `last_checkpoint` describes the last checkpoint written
+    with finite weights (or None).
+    """
+
+    def __init__(self, step: int, terms: dict[str, float], last_checkpoint: str | None,
+                 what: str = "loss"):
         values = ", ".join(f"{name}={value:.6g}" for name, value in terms.items())
         where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint is not None
                  else "no checkpoint was written before it")
-        super().__init__(f"non-finite loss at step {step + 1} ({values}); {where}. Lower the learning rate "
-                         f"or set max_grad_norm, then resume from that checkpoint with --resume")
+        super().__init__(f"non-finite {what} at step {step} ({values}); {where}. Lower the "
+                         f"learning rate or set max_grad_norm, then resume from that checkpoint "
+                         f"with --resume")
         self.step, self.terms, self.last_checkpoint = step, terms, last_checkpoint
 
 
-class SetupError(RuntimeError):
-    """Data or model that cannot be set up (missing file, wrong format): reported as one line by train.py."""
+class CheckpointWriteError(RuntimeError):
+    """The checkpoint of a step could not be written (full disk, read-only folder): one line."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal acted on at once: outside the training loop, or the second one inside it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 
 class StopRequest:
-    """Ctrl-C during training: finish the current step, write a checkpoint, exit cleanly (no lost work).
+    """Ctrl-C (SIGINT) and SIGTERM, the signal a cluster sends before it preempts a job.
 
-    A second Ctrl-C stops at once (KeyboardInterrupt). Only installed in the main thread.
+    While `graceful()` is active (the training loop) the first signal asks the loop to stop after
+    the current step: train.py then writes a checkpoint and prints how to resume. Outside it, or on
+    a second signal, `Interrupted` is raised at once; train.py turns it into one line. `note` says
+    what a stop at once leaves behind (kept current by train.py). Exit code: 128 + the signal number
+    (130 for SIGINT, 143 for SIGTERM). Handlers are only installed in the main thread.
     """
 
     def __init__(self):
-        self.requested = False
+        self.signum: int | None = None  # the signal that asked for a graceful stop
+        self.note = "during start-up; nothing was trained or written"
+        self._graceful = False
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum or signal.SIGINT)
+
+    def _handle(self, signum, frame) -> None:
+        if not self._graceful:
+            raise Interrupted(signum)
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+        name = SIGNAL_NAMES.get(signum, f"signal {signum}")
+        print(f"\n{name}: stopping after this step and writing a checkpoint (again: stop at once)",
+              flush=True)
 
     @contextlib.contextmanager
-    def on_interrupt(self):
+    def installed(self):
         if threading.current_thread() is not threading.main_thread():
-            yield
+            yield self
             return
+        previous = {signum: signal.signal(signum, self._handle) for signum in SIGNAL_NAMES}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            print("\nstopping after this step (Ctrl-C again to stop at once)", flush=True)
-
-        previous = signal.signal(signal.SIGINT, handler)
+    @contextlib.contextmanager
+    def graceful(self):
+        self._graceful = True
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            self._graceful = False
+
+
+# --------------------------------------------------------------------------------------------
+# Precision, learning rate, teacher
+# --------------------------------------------------------------------------------------------
+
+AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def choose_precision(mixed_precision: str, device: torch.device):
+    """(autocast context factory, GradScaler) for mixed_precision "no" | "bf16" | "fp16" on
+    `device`.
+
+    bf16 runs under torch.autocast on CUDA and CPU; fp16 needs CUDA (its GradScaler guards the small
+    range of float16), so it is refused elsewhere. Parameters stay float32 (master weights); the
+    model's time embeddings, target arithmetic and losses run in float32 (see twinflow_min/model.py
+    and twinflow_min/twinflow.py). The scaler is created with `enabled=` (nanoGPT habit): when
+    disabled its scale / unscale_ / step / update pass straight through.
+    """
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise SetupError(f"mixed_precision = 'fp16' needs a CUDA GPU, but the device is "
+                         f"{device.type}; use --mixed_precision bf16 (CPU autocast) or no")
+    dtype = AUTOCAST_DTYPES[mixed_precision]
+    autocast = functools.partial(torch.autocast, device.type, dtype=dtype,
+                                 enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=mixed_precision == "fp16")
+    return autocast, scaler
+
+
+def learning_rate(cfg, step: int) -> float:
+    """The learning rate of 0-based `step`: linear warm-up over lr_warmup_steps, then constant, or
+    cosine decay to 0 at lr_decay_steps and 0 after it (a pure function of step)."""
+    scale = min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps > 0 else 1.0
+    if cfg.lr_schedule == "cosine":
+        horizon = cfg.lr_decay_steps
+        scale *= 0.5 * (1 + math.cos(math.pi * min(step, horizon) / horizon))
+    return cfg.learning_rate * scale
+
+
+def describe_schedule(cfg, start_step: int) -> str:
+    """One line on what the learning-rate schedule does from `start_step` on (printed on resume)."""
+    if cfg.lr_schedule == "constant":
+        return f"learning rate: constant {cfg.learning_rate:g} (from the run)"
+    horizon, end = cfg.lr_decay_steps, cfg.max_train_steps
+    text = f"learning rate: cosine from {cfg.learning_rate:g} to 0 over {horizon} steps"
+    if end <= horizon:
+        return f"{text}; now at step {start_step} of {end}"
+    return (f"{text}: steps {max(horizon, start_step) + 1}-{end} train at lr 0; pass "
+            f"--lr_decay_steps {end} to stretch it")
+
+
+def make_teacher(cfg, model: torch.nn.Module) -> EMATeacher:
+    """The teacher F^- (docs/math.md#ema-teacher): the student's EMA, or the student (decay 0)."""
+    if cfg.use_ema:
+        return EMATeacher(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+    if cfg.twinflow_enabled:
+        print("note: no EMA teacher; the student is its own teacher "
+              "(twinflow_allow_no_ema_teacher)")
+    return EMATeacher(model, decay=0.0)
+
+
+def next_teacher(teacher: EMATeacher, model: torch.nn.Module, done: int, cfg) -> EMATeacher:
+    """The teacher for step `done` (0-based), updated after step `done` - 1.
+
+    The official order updates the EMA right before a step's teacher passes; doing it at the end of
+    the previous step is the same sequence and keeps every between-steps state (checkpoint, Ctrl-C)
+    complete, so a resumed run continues bit for bit. At `twinflow_start_step` K > 0 the teacher is
+    re-initialised from the student (a fresh EMA with its warm-up), as at step 0 of a TwinFlow run.
+    """
+    start = cfg.twinflow_start_step if cfg.twinflow_enabled else 0
+    if done == start and start > 0:
+        teacher = make_teacher(cfg, model)
+        print(f"step {done}: TwinFlow terms on; the EMA teacher starts again from the student")
+    teacher.update(model)
+    return teacher
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and logs
+# --------------------------------------------------------------------------------------------
+
+class Checkpointer:
+    """Writes the run's checkpoint; remembers the last one written with finite weights.
+
+    Before every write the student and teacher weights are checked: a checkpoint never holds a NaN
+    or an infinity (TrainingDiverged names the last good one instead). A write that fails (full
+    disk, read-only folder) raises CheckpointWriteError naming the step and the last good
+    checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, cfg, model, optimizer, scaler, data, generators, device):
+        self.run_dir, self.cfg, self.model = run_dir, cfg, model
+        self.optimizer, self.scaler, self.data = optimizer, scaler, data
+        self.generators, self.device = generators, device
+        self.last: str | None = None
+
+    def describe(self) -> str:
+        return self.last if self.last is not None else "none (no checkpoint was written yet)"
+
+    def save(self, step: int, teacher: EMATeacher) -> Path:
+        weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        weights.update({f"ema.{k}": v for k, v in teacher.teacher.state_dict().items()})
+        bad = first_nonfinite(weights)
+        if bad is not None:
+            raise TrainingDiverged(step, {}, self.last, what=f"weights ({bad}) after")
+        extra = {"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else None
+        try:
+            path = save_checkpoint(self.run_dir, model=self.model, ema=teacher,
+                                   optimizer=self.optimizer, step=step,
+                                   train_config=self.cfg.to_dict(),
+                                   data_state=self.data.state_dict(),
+                                   rng_states=capture_rng_states(self.generators, self.device),
+                                   extra=extra)
+        except OSError as error:
+            raise CheckpointWriteError(f"cannot write the checkpoint of step {step} in "
+                                       f"{self.run_dir} ({error.strerror or error}); the last good "
+                                       f"checkpoint is {self.describe()}") from None
+        self.last = f"{path} (step {step})"
+        return path
+
+
+class StepLog:
+    """metrics.jsonl rows every `log_every` steps and at the last step; the progress-bar postfix."""
+
+    def __init__(self, run_dir: Path, cfg, progress):
+        self.run_dir, self.cfg, self.progress = run_dir, cfg, progress
+        self.tic = time.time()
+
+    def __call__(self, done: int, terms: dict[str, float], grad_norm: float, lr: float) -> None:
+        due = done % self.cfg.log_every == 0
+        if not due and done != self.cfg.max_train_steps:
+            return
+        row = {"step": done, **terms, "grad_norm": grad_norm, "lr": lr,
+               "steps_per_s": self.cfg.log_every / max(time.time() - self.tic, 1e-9)}
+        self.tic = time.time()
+        append_metrics(self.run_dir, row)
+        self.progress.set_postfix_str(describe_terms(terms))
 
 
 def describe_terms(terms: dict[str, float]) -> str:
@@ -75,28 +263,8 @@ def describe_terms(terms: dict[str, float]) -> str:
                     for name, value in terms.items())
 
 
-def make_run_dir(cfg: TrainConfig) -> Path:
-    """outputs/<run>; a fresh run never writes into a folder that already holds a checkpoint."""
-    if cfg.resume:
-        path = Path(cfg.resume)
-        return path.parent if path.is_file() else path
-    if cfg.run_name:
-        name = cfg.run_name
-    elif cfg.twinflow_image_free and cfg.pretrained_model_name_or_path:  # no dataset: name it after the model
-        name = f"{Path(cfg.pretrained_model_name_or_path).stem}-image-free"
-    else:
-        name = cfg.dataset.replace(":", "-").replace("/", "_").replace("\\", "_")
-    base = Path(cfg.output_dir) / name
-    path, index = base, 1
-    while path.exists() and any(path.iterdir()):
-        index += 1
-        path = base.with_name(f"{base.name}-{index}")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 class TrajectoryLog:
-    """(t, t_tgt) of the rows the network was trained on, for the trajectory map (issue #4).
+    """(t, t_tgt) of the rows the network was trained on, for the trajectory map.
 
     Both branches are kept: real rows t >= 0 and fake (adversarial) rows t < 0. At most `per_call`
     rows are kept per step, and the log is thinned uniformly once it holds more than `max_points`.
@@ -108,16 +276,18 @@ class TrajectoryLog:
         self.t_tgt: list[Tensor] = []
         self.count = 0
 
-    def add(self, inputs: dict, options: dict) -> None:
+    def add(self, inputs: dict, options: TwinFlowOptions) -> None:
         t, t_tgt = inputs["t"][: self.per_call], inputs["t_tgt"][: self.per_call]
-        rows_t, rows_tgt = [t], [t_tgt]  # L_base rows (the large recipe's t already carries the adv rows' sign)
-        if options.get("recipe", "tutorial") == "tutorial":
-            if options.get("realvel_weight", 1.0) > 0:
-                rows_t.append(t)  # L_realvel queries F(x_t, t, t) (reference §2.2)
+        rows_t, rows_tgt = [t], [t_tgt]  # L_base rows (large recipe: t carries the adv rows' sign)
+        if options.recipe == "tutorial":
+            if options.realvel_weight > 0:
+                rows_t.append(t)  # the real velocity F(x_t, t, t), docs/math.md#real-velocity
                 rows_tgt.append(t)
-            if options.get("adversarial_enabled", True):
+            if options.adversarial_enabled:
                 one = t[:1]
-                rows_t += [torch.ones_like(one), -t]  # F(z, 1, 0) and L_adv's F(x_fake_t, -t, -t) (§2.3-2.4)
+                # F(z, 1, 0) (docs/math.md#one-step-generator) and L_adv's F(x_fake_t, -t, -t)
+                # (docs/math.md#adversarial-loss)
+                rows_t += [torch.ones_like(one), -t]
                 rows_tgt += [torch.zeros_like(one), -t]
         self.t.append(torch.cat(rows_t).float().cpu())
         self.t_tgt.append(torch.cat(rows_tgt).float().cpu())
@@ -128,139 +298,5 @@ class TrajectoryLog:
 
     def write(self, path: Path) -> Path:
         return trajectory_map_png(path, torch.cat(self.t), torch.cat(self.t_tgt),
-                                  title=f"(t, t_tgt) of the rows trained with gradient ({self.count} shown)")
-
-
-# --------------------------------------------------------------------------------------------
-# Data sources: each has next_batch(), generators, state_dict(), validate(), final_evaluation()
-# --------------------------------------------------------------------------------------------
-
-class ToyData:
-    """Fresh 2-D samples every step from a dedicated generator (so the data order is resumable)."""
-
-    def __init__(self, name: str, batch_size: int, seed: int, device: torch.device, eval_samples: int):
-        self.name, self.batch_size, self.device, self.eval_samples = name, batch_size, device, eval_samples
-        self.seed = seed
-        self.generators = {"toy_data": torch.Generator().manual_seed(seed + 1)}
-        sample_toy(name, 1, torch.Generator())  # fail early on an unknown name
-
-    def next_batch(self) -> tuple[Tensor, None]:
-        return sample_toy(self.name, self.batch_size, self.generators["toy_data"]).to(self.device), None
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def validate(self, model, nfes, path: Path) -> None:
-        z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(12345)).to(self.device)
-        reference = sample_toy(self.name, 2000, torch.Generator().manual_seed(54321))
-        panels = [(f"{nfe} NFE", {"data": reference, "samples": evaluate.generate(model, z, nfe).cpu()})
-                  for nfe in nfes]
-        scatter_png(path, panels, title=f"{self.name}: validation samples")
-
-    def final_evaluation(self, model, nfes, run_dir: Path, cfg: TrainConfig) -> dict:
-        # fixed evaluation draws: runs with different training seeds are scored on the same noise and data
-        return evaluate.evaluate_toy(model, self.name, num=self.eval_samples, seed=evaluate.TOY_EVAL_SEED,
-                                     device=self.device, out_dir=run_dir)
-
-
-class TensorData:
-    """Images (uint8, flipped) or pre-encoded latents (float) held in memory, exactly resumable."""
-
-    def __init__(self, data, labels, batch_size: int, seed: int, device: torch.device, flip: bool,
-                 num_classes: int, is_latent: bool):
-        self.batches = ImageBatches(data, labels, batch_size, seed=seed, flip=flip, device=device)
-        self.generators: dict[str, torch.Generator] = {}
-        self.device, self.num_classes, self.is_latent = device, num_classes, is_latent
-        self.sample_shape = tuple(data.shape[1:])
-
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        return next(self.batches)
-
-    def state_dict(self) -> dict:
-        return self.batches.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.batches.load_state_dict(state)
-
-    def _fixed_inputs(self, n: int = 10) -> tuple[Tensor, Tensor | None]:
-        z = torch.randn(n, *self.sample_shape, generator=torch.Generator().manual_seed(12345)).to(self.device)
-        y = None if self.num_classes == 0 else (torch.arange(n) % self.num_classes).to(self.device)
-        return z, y
-
-    def validate(self, model, nfes, path: Path) -> None:
-        if self.is_latent:
-            return  # latents need the VAE decoder: sample.py --vae writes the pictures
-        z, y = self._fixed_inputs()
-        evaluate.validation_grid(model, z, y, nfes, path)
-
-    def final_evaluation(self, model, nfes, run_dir: Path, cfg: TrainConfig) -> dict:
-        if not self.is_latent:
-            z, y = self._fixed_inputs()
-            evaluate.validation_grid(model, z, y, nfes, run_dir / "samples_grid.png")
-        return {}
-
-
-class ImageFreeData(TensorData):
-    """The official image-free mode: only class labels; x is replaced by the model's own 1-step samples."""
-
-    def __init__(self, sample_shape, batch_size: int, num_classes: int, seed: int, device: torch.device):
-        self.generators = {"labels": torch.Generator().manual_seed(seed + 1)}
-        self.sample_shape, self.batch_size, self.num_classes = tuple(sample_shape), batch_size, num_classes
-        self.device, self.is_latent = device, True
-
-    def next_batch(self) -> tuple[Tensor, Tensor | None]:
-        x = torch.zeros(self.batch_size, *self.sample_shape, device=self.device)  # replaced by image_free_batch
-        if self.num_classes == 0:
-            return x, None
-        y = torch.randint(self.num_classes, (self.batch_size,), generator=self.generators["labels"])
-        return x, y.to(self.device)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-def build_data_and_model(cfg: TrainConfig, device: torch.device):
-    """(data source, model) for the configured dataset / pretrained file / image-free mode."""
-    try:
-        return _build_data_and_model(cfg, device)
-    except (ValueError, OSError, CheckpointError) as error:
-        raise SetupError(str(error)) from error
-
-
-def _build_data_and_model(cfg: TrainConfig, device: torch.device):
-    model: DiT | None = None
-    if cfg.pretrained_model_name_or_path:
-        model, info = load_pretrained(cfg.pretrained_model_name_or_path,
-                                      gradient_checkpointing=cfg.gradient_checkpointing)
-        print(f"loaded pretrained weights: {info}")
-    if cfg.twinflow_image_free:
-        if model is None:
-            raise ValueError("twinflow_image_free trains on the model's own samples: give a pretrained model "
-                             "with --pretrained FILE.safetensors")
-        c = model.config
-        data = ImageFreeData((c.in_channels, c.input_size, c.input_size), cfg.train_batch_size, c.num_classes,
-                             cfg.seed, device)
-        return data, model  # the dataset key is not used: only class labels are drawn
-    if cfg.dataset.startswith("toy:"):
-        if model is not None and not model.config.data_dim:
-            raise ValueError(f"the pretrained model takes images but dataset {cfg.dataset!r} is 2-D points; give "
-                             f"--dataset latents:PATH or --image-free")
-        data = ToyData(cfg.dataset.split(":", 1)[1], cfg.train_batch_size, cfg.seed, device, cfg.eval_samples)
-        model = model or build_model(cfg.model, gradient_checkpointing=cfg.gradient_checkpointing)
-        return data, model
-    images, labels, class_names = load_dataset(cfg.dataset, cfg.data)
-    is_latent = cfg.dataset.startswith("latents")
-    num_classes = len(class_names) if class_names else int(labels.max()) + 1
-    if model is None:
-        shape = tuple(images.shape[1:])
-        model = build_model(cfg.model, in_channels=shape[0], input_size=shape[1], num_classes=num_classes,
-                            gradient_checkpointing=cfg.gradient_checkpointing)
-    data = TensorData(images, labels, cfg.train_batch_size, cfg.seed, device, flip=not is_latent,
-                      num_classes=model.config.num_classes, is_latent=is_latent)
-    return data, model
+                                  title=f"(t, t_tgt) of the rows trained with gradient "
+                                        f"({self.count} shown)")
