@@ -1,4 +1,4 @@
-"""Sample from a TwinFlow checkpoint with the UCGM sampler (presets or every knob), and evaluate it.
+r"""Sample from a TwinFlow checkpoint with the UCGM sampler (presets or every knob), and evaluate it.
 
 Paper: TwinFlow (arXiv:2512.05150) samples at guidance 0 with the UCGM sampler (official
 `inference.py`; docs/math.md#ucgm-sampler, docs/math.md#sampler-presets). The model is rebuilt from
