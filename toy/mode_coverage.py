@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         panels = [(f"{method}: {results[toy, method][0]['hit']} of "
                    f"{results[toy, method][0]['modes']} hit",
                    {"data": reference, "1 NFE": first[toy, method],
-                    "centres": toy_mode_centres(toy)}) for method in args.methods]
-        path = scatter_png(out / f"mode_coverage_{toy}.png", panels, limits=(-2.5, 2.5),
+                    "modes": toy_mode_centres(toy)}) for method in args.methods]
+        path = scatter_png(out / f"mode_coverage_{toy}.png", panels, limits=(-2.5, 2.5), size=420,
                            title=f"{toy}: 1-NFE samples (seed {args.seeds[0]}) over the data")
         rows.append(Image.open(path).convert("RGB"))
     figure_path = stack_rows(rows, list(args.toys), out / "mode_coverage.png", label_width=100)
