@@ -21,10 +21,19 @@ stops at once).
 
 from __future__ import annotations
 
-import dataclasses
+import os
+import signal
+import sys
+
+if __name__ == "__main__":  # a stop signal while the imports below load: one line, no traceback
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, frame: (
+            print(f"train.py: stopped by {signal.Signals(signum).name} during start-up; nothing was "
+                  f"trained or written", file=sys.stderr, flush=True), os._exit(128 + signum)))
+
+import dataclasses  # noqa: E402 (the handlers above come first)
 import json
 import math
-import sys
 
 import torch
 from tqdm import tqdm

@@ -43,11 +43,13 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, step: int, terms: dict[str, float], last_checkpoint: str | None,
                  what: str = "loss"):
         values = ", ".join(f"{name}={value:.6g}" for name, value in terms.items())
-        where = (f"the last good checkpoint is {last_checkpoint}" if last_checkpoint is not None
-                 else "no checkpoint was written before it")
-        super().__init__(f"non-finite {what} at step {step} ({values}); {where}. Lower the "
-                         f"learning rate or set max_grad_norm, then resume from that checkpoint "
-                         f"with --resume")
+        advice = "Lower the learning rate or set max_grad_norm, then"
+        if last_checkpoint is None:
+            where = f"no checkpoint was written before it. {advice} start again"
+        else:
+            where = (f"the last good checkpoint is {last_checkpoint}. {advice} resume from it with "
+                     f"--resume")
+        super().__init__(f"non-finite {what} at step {step} ({values}); {where}")
         self.step, self.terms, self.last_checkpoint = step, terms, last_checkpoint
 
 
@@ -222,7 +224,8 @@ class Checkpointer:
         weights.update({f"ema.{k}": v for k, v in teacher.teacher.state_dict().items()})
         bad = first_nonfinite(weights)
         if bad is not None:
-            raise TrainingDiverged(step, {}, self.last, what=f"weights ({bad}) after")
+            raise TrainingDiverged(step, {bad: math.nan}, self.last,
+                                   what="weights, so no checkpoint was written with them,")
         extra = {"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else None
         try:
             path = save_checkpoint(self.run_dir, model=self.model, ema=teacher,
