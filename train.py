@@ -25,11 +25,17 @@ import os
 import signal
 import sys
 
+
+def _stopped_while_importing(signum, frame):
+    name = signal.Signals(signum).name
+    print(f"train.py: stopped by {name} during start-up; nothing was trained or written",
+          file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
 if __name__ == "__main__":  # a stop signal while the imports below load: one line, no traceback
     for _signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_signum, lambda signum, frame: (
-            print(f"train.py: stopped by {signal.Signals(signum).name} during start-up; nothing was "
-                  f"trained or written", file=sys.stderr, flush=True), os._exit(128 + signum)))
+        signal.signal(_signum, _stopped_while_importing)
 
 import dataclasses  # noqa: E402 (the handlers above come first)
 import json
