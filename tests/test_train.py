@@ -43,22 +43,28 @@ def image_folder(root: Path, per_class: int = 6, size: int = 8) -> Path:
 def test_toy_smoke_run_writes_every_artifact(tmp_path):
     summary = run_toy(tmp_path, "--steps", "30")
     run_dir = Path(summary["run_dir"])
-    for name in ("checkpoint.safetensors", "checkpoint.json", "samples_nfe1.png", "samples_nfe2.png",
-                 "samples_nfe4.png", "samples_multistep.png", "loss_curves.png", "trajectory_map.png",
+    for name in ("checkpoint.safetensors", "checkpoint.json", "samples_nfe1.png",
+                 "samples_nfe2.png",
+                 "samples_nfe4.png", "samples_multistep.png", "loss_curves.png",
+                 "trajectory_map.png",
                  "metrics.json", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("energy_distance_nfe1", "energy_distance_nfe2", "energy_distance_nfe4", "energy_distance_ode50"):
+    for key in ("energy_distance_nfe1", "energy_distance_nfe2", "energy_distance_nfe4",
+                "energy_distance_ode50"):
         assert np.isfinite(metrics[key]) and metrics[key] >= 0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [5, 10, 15, 20, 25, 30]
     # the toy preset trains TwinFlow with the adversarial branch: every tutorial term is logged
-    assert {"loss_base", "loss_realvel", "loss_adv", "loss_rectify", "loss_consistency"} <= set(rows[0])
+    assert {"loss_base", "loss_realvel", "loss_adv", "loss_rectify",
+            "loss_consistency"} <= set(rows[0])
     with safe_open(str(run_dir / "checkpoint.safetensors"), "pt") as handle:
         keys = set(handle.keys())
         assert json.loads(handle.metadata()["twinflow_min.train_state"])["step"] == 30
-    assert any(k.startswith("model.") for k in keys) and any(k.startswith("ema.teacher.") for k in keys)
-    assert any(k.startswith("optimizer.") for k in keys) and "rng.train" in keys and "rng.toy_data" in keys
+    assert any(k.startswith("model.") for k in keys)
+    assert any(k.startswith("ema.teacher.") for k in keys)
+    assert any(k.startswith("optimizer.") for k in keys)
+    assert "rng.train" in keys and "rng.toy_data" in keys
 
 
 def test_a_fresh_run_never_overwrites_an_earlier_one(tmp_path):
@@ -80,7 +86,7 @@ def _assert_identical(a, b):
 
 
 def interrupt_at_call(monkeypatch, call_index: int):
-    """Send Ctrl-C (SIGINT) to ourselves inside the `call_index`-th loss evaluation, as a user would."""
+    """Send Ctrl-C (SIGINT) to ourselves inside the `call_index`-th loss evaluation."""
     original, calls = objective.twinflow_losses, []
 
     def losses(*args, **kwargs):
@@ -94,7 +100,7 @@ def interrupt_at_call(monkeypatch, call_index: int):
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_toy_interrupt_and_resume_is_bit_identical(tmp_path, monkeypatch, schedule):
-    """N steps straight == Ctrl-C during step k (checkpoint after it) + --resume to N: model, EMA, optimizer."""
+    """N steps straight == Ctrl-C during step k + --resume to N: model, EMA, optimizer."""
     common = ["--lr_schedule", schedule, "--max_train_steps", "8"]
     straight = run_toy(tmp_path, *common, name="straight")
     with monkeypatch.context() as patch:
@@ -104,7 +110,8 @@ def test_toy_interrupt_and_resume_is_bit_identical(tmp_path, monkeypatch, schedu
     assert stopped.value.code == 130  # 128 + SIGINT: an interrupted run exits non-zero
     part_dir = str(tmp_path / "part")
     assert read_checkpoint(part_dir)["info"]["step"] == 3
-    resumed = train.main(["--resume", part_dir])  # the run's own config comes back from the checkpoint
+    # the run's own config comes back from the checkpoint
+    resumed = train.main(["--resume", part_dir])
     assert resumed["step"] == 8 and resumed["run_dir"] == part_dir
     model_a, ema_a, opt_a = _weights(straight["run_dir"])
     model_b, ema_b, opt_b = _weights(resumed["run_dir"])
@@ -117,10 +124,11 @@ def test_toy_interrupt_and_resume_is_bit_identical(tmp_path, monkeypatch, schedu
 
 
 def test_images_train_resume_and_validation_grids(tmp_path):
-    """A few steps of a tiny class-conditional DiT on 8x8 images (label dropout, flips, accumulation)."""
+    """A few steps of a tiny class-conditional DiT on 8x8 images (label dropout, accumulation)."""
     data = image_folder(tmp_path / "data")
     args = ["--dataset", "folder", "--data", str(data), "--model", "CIFAR-T/2", "--batch-size", "4",
-            "--gradient_accumulation_steps", "2", "--twinflow_enhanced_ratio", "0.5", "--validation_every", "2",
+            "--gradient_accumulation_steps", "2", "--twinflow_enhanced_ratio", "0.5",
+            "--validation_every", "2",
             "--checkpointing_steps", "2", "--output_dir", str(tmp_path / "out")]
     straight = train.main([*args, "--max_train_steps", "4", "--run_name", "a"])
     part = train.main([*args, "--max_train_steps", "2", "--run_name", "b"])
@@ -153,11 +161,12 @@ def test_nan_loss_stops_with_step_terms_and_checkpoint(tmp_path, monkeypatch, ca
     message = capsys.readouterr().err
     assert "step 5" in message and "loss_adv=nan" in message and "loss_base=" in message
     assert "checkpoint.safetensors" in message
-    assert read_checkpoint(tmp_path / "run")["info"]["step"] == 4  # the last good checkpoint is intact
+    # the last good checkpoint is intact
+    assert read_checkpoint(tmp_path / "run")["info"]["step"] == 4
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    """A write that dies half-way leaves the previous checkpoint readable and no temporary file behind."""
+    """A write that dies half-way leaves the previous checkpoint readable and no temporary file."""
     summary = run_toy(tmp_path, "--steps", "2")
     run_dir = Path(summary["run_dir"])
     before = read_checkpoint(run_dir)["model"]
@@ -179,13 +188,16 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_sample_py_round_trip_and_per_seed_determinism(tmp_path):
     summary = run_toy(tmp_path, "--steps", "5")
     out_a, out_b, png = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "s.png"
-    sample.main([summary["run_dir"], "--nfe", "1", "--num", "40", "--out", str(out_a), "--seed", "3",
+    sample.main([summary["run_dir"], "--nfe", "1", "--num", "40", "--out", str(out_a), "--seed",
+                 "3",
                  "--batch-size", "16"])
-    sample.main([summary["checkpoint"], "--nfe", "1", "--num", "10", "--out", str(out_b), "--seed", "3"])
+    sample.main([summary["checkpoint"], "--nfe", "1", "--num", "10", "--out", str(out_b), "--seed",
+                 "3"])
     a, b = np.load(out_a), np.load(out_b)
     assert a.shape == (40, 2) and a.dtype == np.float32 and np.isfinite(a).all()
-    # sample i depends only on (seed, i), not on batching or count: equal up to float32 rounding, since
-    # a matmul over 16 rows and one over 10 rows may block the sums differently (6e-8 seen on torch 2.13)
+    # sample i depends only on (seed, i), not on batching or count: equal up to float32 rounding,
+    # since a matmul over 16 rows and one over 10 rows may block the sums differently (6e-8 seen on
+    # torch 2.13)
     np.testing.assert_allclose(a[:10], b, rtol=0, atol=1e-6)
     c = tmp_path / "c.npy"
     sample.main([summary["run_dir"], "--nfe", "2", "--num", "10", "--out", str(c), "--seed", "4"])
@@ -194,12 +206,14 @@ def test_sample_py_round_trip_and_per_seed_determinism(tmp_path):
     assert Image.open(png).size[0] > 100
 
 
-# Every refusal of issue #4, each as a JSON file: {key the one-line message must name: file contents}.
+# Every refusal of issue #4, each as a JSON file: {key the one-line message must name: file
+# contents}.
 CONFIG_ERRORS = {
     "prediction_type": {"twinflow_enabled": True, "prediction_type": "epsilon"},
     "use_ema": {"twinflow_enabled": True, "use_ema": False, "twinflow_enhanced_ratio": 0.0},
     "distillation_method": {"twinflow_enabled": True, "distillation_method": "dmd"},
-    "twinflow_estimate_ordr": {"twinflow_estimate_ordr": 2},  # unknown key (the message suggests the right one)
+    # unknown key (the message suggests the right one)
+    "twinflow_estimate_ordr": {"twinflow_estimate_ordr": 2},
     "learning_rate": {"learning_rate": "fast"},  # wrong type
     "twinflow_estimate_order": {"twinflow_enabled": True, "twinflow_estimate_order": 0},
     "twinflow_target_step_count": {"twinflow_enabled": True, "twinflow_target_step_count": 9},
@@ -233,7 +247,7 @@ def test_config_errors_through_main_are_one_line(tmp_path, capsys):
 
 
 def test_config_errors_through_the_cli(tmp_path):
-    """The same refusals as a person sees them: `python train.py --config bad.json`, exit code 2, one line."""
+    """The refusals as a person sees them: `python train.py --config bad.json`, exit 2, one line."""
     processes = {}
     for key, path in write_error_configs(tmp_path):
         processes[path] = key, subprocess.Popen(
