@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from twinflow_min.checks import CheckpointError, resolve_device
 from twinflow_min.config import ConfigError, TrainConfig
-from twinflow_min.config_cli import resolve_config
+from twinflow_min.config_cli import resolve_config_with_notes
 from twinflow_min.data_sources import (SetupError, build_data_and_model, check_prediction_type,
                                        check_resume_fits)
 from twinflow_min.objective import choose_objective
@@ -292,7 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
     stop = StopRequest()
     with stop.installed():
         try:
-            summary = train(resolve_config(argv), stop)
+            cfg, notes = resolve_config_with_notes(argv)
+            for note in notes:
+                print(f"train.py: note: {note}", file=sys.stderr)
+            summary = train(cfg, stop)
         except (ConfigError, SetupError, RunFolderError, CheckpointError) as error:
             fail(error, EXIT_REFUSED)
         except TrainingDiverged as error:
