@@ -10,8 +10,7 @@ guidance 0 (`twinflow_min.sampler`). Time convention: see twinflow_min/transport
     python train.py --dataset cifar10 --data cifar-10-python.tar.gz
     python train.py --config my_simpletuner_config.json --max_train_steps 3
     python train.py --pretrained sit-b-2.safetensors --image-free
-    python train.py --resume outputs/toy-moons                    # continue exactly where it
-    stopped
+    python train.py --resume outputs/toy-moons                    # continue where it stopped
 
 Exit codes: 0 done; 2 a setting, file or folder was refused (nothing trained); 3 the loss, gradient
 or weights became non-finite; 4 a checkpoint could not be written; 130 / 143 stopped by Ctrl-C
