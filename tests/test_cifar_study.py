@@ -71,6 +71,11 @@ def _class_folders(root: Path, per_class: int, seed: int) -> Path:
     return root
 
 
+def _metric_rows(run_dir: Path) -> dict:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {row["step"]: row for row in map(json.loads, lines)}
+
+
 def test_refusals_are_one_line(tmp_path):
     data = _class_folders(tmp_path / "data", 2, 0)
     base = ["--train-data", str(data), "--test-data", str(data)]
@@ -123,10 +128,13 @@ def test_quick_study_end_to_end(tmp_path):
     assert start_step == max(
         1, study.step_at_cpu(results["traces"]["A"], results["budget_cpu_s"] * 2 / 3)
     )
-    for arm in "CD":
+    logged = {arm: _metric_rows(out / "runs" / arm) for arm in "ACD"}
+    for arm in "CD":  # steps 1..K (0-based indices below K) are arm A's flow matching, bit for bit
         assert results["arms"][arm]["steps"] > start_step
-        log = (out / f"train_{arm}.log").read_text()
-        assert f"step {start_step}: TwinFlow terms on" in log
+        for step in range(1, start_step + 1):
+            assert logged[arm][step]["loss_fm"] == logged["A"][step]["loss_fm"]
+        assert "loss_fm" not in logged[arm][start_step + 1]  # TwinFlow terms from index K on
+        assert "loss_rectify" in logged[arm][start_step + 1]
 
     rows = {row["label"]: row for row in results["rows"]}
     snapshot_steps = [int(p.stem[5:]) for p in (out / "snapshots" / "A").glob("step_*")]
