@@ -16,7 +16,8 @@ distance to 4,000 fresh data points on fixed draws. Writes, under --out (a new f
   <toy>-<method>-seed<k>/   each train.py run (checkpoint, samples, loss curves)
 
 Default budget: 1,000 steps per run (half the toy preset's 2,000) x 5 methods x 3 seeds, one thread:
-about 5 minutes on an idle 2-core CPU. Time convention: see twinflow_min/transport.py.
+about 5-7 minutes of CPU time (measured: 26 min wall while four companion scripts shared a busy
+2-core CPU). Time convention: see twinflow_min/transport.py.
 
     python toy/compare_methods.py                           # moons, 3 seeds
     python toy/compare_methods.py --toy 8gaussians --steps 2000 --out outputs/compare-8g
