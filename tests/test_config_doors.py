@@ -236,6 +236,16 @@ def test_notes_come_back_as_lines_for_the_entry_point_to_print():
     assert resolve_config_with_notes([])[1] == []
 
 
+def test_notes_name_only_keys_the_user_wrote():
+    # the toy preset sets the adversarial branch and enhanced ratio itself: switching TwinFlow off
+    # must not blame the user for them, only for the TwinFlow key they did write
+    assert resolve_config_with_notes(["--toy", "moons", "--twinflow_enabled", "false"])[1] == []
+    notes = resolve_config_with_notes(["--toy", "moons", "--twinflow_enabled", "false",
+                                       "--twinflow_delta_t", "0.02"])[1]
+    assert notes == ["twinflow_enabled is false (plain flow matching): twinflow_delta_t is not "
+                     "used; set twinflow_enabled: true to train with TwinFlow"]
+
+
 def test_md5_switch_without_cifar_files_gets_one_note():
     assert only_note(["--data_check_md5", "false"]).startswith("data_check_md5 is not used")
 

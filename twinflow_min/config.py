@@ -593,16 +593,23 @@ def _check_model(cfg: TrainConfig) -> None:
     _require(cfg, "model", vector_model == toy, f"does not fit dataset {cfg.dataset!r}; use {fix}")
 
 
-def _unused_notes(cfg: TrainConfig) -> list[str]:
-    """Keys set away from their default that this config never reads: one note per kind."""
+def _unused_notes(cfg: TrainConfig, written=None) -> list[str]:
+    """Keys set away from their default that this config never reads: one note per kind.
+
+    `written`: the keys the user wrote (file or flags); None counts every key. A preset's own values
+    (e.g. the toy preset's adversarial settings) are not the user's and get no note."""
     notes = []
-    lora = _changed(cfg, LORA_KEYS)
+
+    def written_changes(keys):
+        return [key for key in _changed(cfg, keys) if written is None or key in written]
+
+    lora = written_changes(LORA_KEYS)
     if lora and cfg.model_type != "lora":
         notes.append(f"model_type is full: {_not_used(lora)} (set model_type: lora for adapters)")
     reads_files = cfg.dataset in IMAGE_DATASETS and not cfg.twinflow_image_free
     if not cfg.data_check_md5 and not reads_files:
         notes.append(f"data_check_md5 is not used: dataset {cfg.dataset!r} reads no CIFAR-10 file")
-    twinflow = _changed(cfg, TWINFLOW_ONLY)
+    twinflow = written_changes(TWINFLOW_ONLY)
     if twinflow and not cfg.twinflow_enabled:
         notes.append(f"twinflow_enabled is false (plain flow matching): {_not_used(twinflow)}; "
                      "set twinflow_enabled: true to train with TwinFlow")
@@ -690,8 +697,10 @@ def _check_twinflow(cfg: TrainConfig) -> list[str]:
     return []
 
 
-def validate(cfg: TrainConfig) -> list[str]:
-    """Raise ConfigError for the first value that cannot work; return notes (one line each)."""
+def validate(cfg: TrainConfig, written=None) -> list[str]:
+    """Raise ConfigError for the first value that cannot work; return notes (one line each).
+
+    `written`: the keys the user wrote, so that notes name only those (None: every key)."""
     check_keys_and_types(cfg.to_dict())  # a TrainConfig built in Python skipped the JSON/CLI door
     _check_choices(cfg)
     _check_prediction(cfg)
@@ -702,7 +711,7 @@ def validate(cfg: TrainConfig) -> list[str]:
     _check_dataset(cfg)
     if cfg.pretrained_model_name_or_path is None:
         _check_model(cfg)
-    notes = _unused_notes(cfg)
+    notes = _unused_notes(cfg, written)
     if cfg.twinflow_enabled:
         return notes + _check_twinflow(cfg)
     _require(cfg, "twinflow_start_step", cfg.twinflow_start_step == 0,

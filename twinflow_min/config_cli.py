@@ -245,7 +245,7 @@ def resolve_config_with_notes(argv: list[str] | None = None, description: str = 
         _check_resume_flags(flags, start)
     cfg = TrainConfig(**{**start, **flags})
     file_keys = set(start) if config_path is not None else set()
-    notes = validate(cfg) + _check_given_keys(cfg, set(flags), file_keys)
+    notes = validate(cfg, set(flags) | file_keys) + _check_given_keys(cfg, set(flags), file_keys)
     return cfg, notes
 
 
