@@ -1,4 +1,4 @@
-r"""Sample from a TwinFlow checkpoint with the UCGM sampler (presets or every knob), and evaluate it.
+r"""Sample from a TwinFlow checkpoint with the UCGM sampler (presets or every knob); evaluate it.
 
 Paper: TwinFlow (arXiv:2512.05150) samples at guidance 0 with the UCGM sampler (official
 `inference.py`; docs/math.md#ucgm-sampler, docs/math.md#sampler-presets). The model is rebuilt from
@@ -11,6 +11,11 @@ twinflow_min/transport.py.
         --fid-data cifar-10-python.tar.gz
     python sample.py sit-xl.safetensors --steps 30 --style mul --cfg-scale 1.5 \
         --cfg-interval 0 0.7 --vae vae.safetensors
+    python sample.py outputs/sit-xl-2-image-free --nfe 1 --vae vae.safetensors   # a LoRA run
+
+A LoRA run's checkpoint or adapter file (model_type lora, twinflow_min/lora.py) holds no base
+weights: its base is the file named in its metadata, or --base FILE, and must have the sha256
+recorded there; the adapters are merged into the base for sampling.
 
 Sample i depends only on (--seed, i): its noise and its sampler noise come from a generator of its
 own. Training checkpoints are sampled with their EMA weights by default (--weights auto); the
@@ -34,6 +39,7 @@ from twinflow_min.checkpoint import load_pretrained
 from twinflow_min.checks import INT64_MAX, CheckpointError, is_count, resolve_device
 from twinflow_min.data import load_dataset, sample_toy
 from twinflow_min.evaluate import ODE_OPTIONS
+from twinflow_min.lora import is_adapter_file, load_adapter, merge_lora
 from twinflow_min.plots import image_grid_png, scatter_png
 from twinflow_min.sampler import (
     KNOB_DEFAULTS,
@@ -141,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="which weights of a training checkpoint (auto = EMA when present; the "
         "official tutorial samples the student = model)",
+    )
+    parser.add_argument(
+        "--base",
+        metavar="FILE",
+        help="base model of a LoRA checkpoint or adapter file (default: the file named in its "
+        "metadata; its sha256 must match)",
     )
     parser.add_argument("--class-label", help="class of every sample (default: i mod num_classes)")
     parser.add_argument(
@@ -318,9 +330,7 @@ def run(args) -> dict:
         checkpoint = checkpoint / CHECKPOINT_NAME
     evaluating = args.fid or args.proxy_metrics
     out = None if evaluating else _output_path(args, run_dir, name, seed)
-    model, info = load_pretrained(checkpoint, device=device, weights=args.weights)
-    model.eval()
-    print(f"loaded {info}")
+    model = load_model(checkpoint, args.base, args.weights, device)
     _check_model(model, checkpoint, class_label, options)
     vae = None
     if vae_path:
@@ -347,6 +357,28 @@ def run(args) -> dict:
         results["num_samples"], results["out"] = num, str(out)
     print(json.dumps(results, indent=2, default=str))
     return results
+
+
+def load_model(checkpoint: Path, base, weights: str, device: torch.device):
+    """The model of a checkpoint in eval mode: a LoRA checkpoint or adapter file on its base with
+    the adapters merged (`load_adapter` + `merge_lora`), else `load_pretrained`."""
+    if not is_adapter_file(checkpoint):
+        if base is not None:
+            raise SampleError(
+                f"--base {base}: {checkpoint} is a whole model, not a LoRA checkpoint or adapter "
+                f"file; drop --base"
+            )
+        model, info = load_pretrained(checkpoint, device=device, weights=weights)
+        print(f"loaded {info}")
+        return model.eval()
+    _existing_file(base, "--base")
+    model, info = load_adapter(checkpoint, base, weights=weights, device=device)
+    settings = info.settings
+    print(
+        f"loaded LoRA {checkpoint} ({info.used} weights, {len(settings.layers)} layers, rank "
+        f"{settings.rank}, alpha {settings.alpha:g}) on base {info.base_path}; adapters merged"
+    )
+    return merge_lora(model).eval()
 
 
 def seeded_generators(seed: int, indices, device: torch.device) -> list[torch.Generator]:

@@ -558,6 +558,16 @@ def read_adapter_info(path: str | os.PathLike) -> AdapterInfo:
                        metadata=dict(metadata))
 
 
+def is_adapter_file(path: str | os.PathLike) -> bool:
+    """True when `path` is a safetensors file with LoRA metadata (a `save_adapter` file or a LoRA
+    run's training checkpoint). False for every other file, also one that cannot be read: the
+    loader that reads it next says why."""
+    try:
+        return LORA_METADATA_KEY in read_header(os.fspath(path))[2]
+    except (ValueError, OSError):  # checkpoint.CheckpointError is a ValueError
+        return False
+
+
 def read_teacher_state(path: str | os.PathLike) -> dict[str, Any] | None:
     """The teacher state saved in an adapter file, in `LoRATeacher.state_dict()` form (for
     `load_state_dict`), or None when the file was written without a teacher."""
@@ -584,7 +594,8 @@ def check_base(info: AdapterInfo, base_path: str | os.PathLike | None = None) ->
     if found != info.base_sha256:
         raise CheckpointError(f"base file {chosen!r} has sha256 {found[:16]}..., but adapter "
                               f"{info.path!r} was trained on one with sha256 "
-                              f"{info.base_sha256[:16]}... ({info.base_path!r}): pass that file")
+                              f"{info.base_sha256[:16]}... ({info.base_path!r}): pass that "
+                              f"file with --base FILE")
     return chosen
 
 
