@@ -146,11 +146,18 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict) -> dict:
 def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, ema=None, optimizer=None,
                     step: int, train_config: dict, data_state: dict | None = None,
                     rng_states: dict[str, torch.Tensor] | None = None,
-                    extra: dict | None = None) -> Path:
-    """Atomically write `run_dir/checkpoint.safetensors` (+ `checkpoint.json`); returns its path."""
+                    extra: dict | None = None, model_state: dict[str, torch.Tensor] | None = None,
+                    extra_metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write `run_dir/checkpoint.safetensors` (+ `checkpoint.json`); returns its path.
+
+    `model_state` replaces `model.state_dict()` as the `model.*` tensors and `extra_metadata` joins
+    the file's metadata: a LoRA run saves only its trainable tensors plus its base file's path and
+    sha256 (twinflow_min/lora_training.py).
+    """
     run_dir = Path(run_dir)
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    metadata = dict(config_to_metadata(model.config))
+    state = model.state_dict() if model_state is None else model_state
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in state.items()}
+    metadata = {**config_to_metadata(model.config), **(extra_metadata or {})}
     metadata[FORMAT_KEY] = FORMAT_VERSION
     info: dict[str, Any] = {"step": int(step), "train_config": train_config,
                             "data_state": data_state, "extra": extra or {}}
