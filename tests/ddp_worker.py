@@ -1,7 +1,7 @@
 """Processes for tests/test_distributed.py: `spawn` and the 2-process DDP checks (`main`, gloo).
 
-`spawn(fn, world_size, *args)` forks `world_size` processes from the test process (fast: torch is
-already imported) and gives each torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+`spawn(fn, world_size, *args)` starts `world_size` processes from a fork server that imported torch
+once (fast), and gives each torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT), so code under test reads it exactly as under torchrun. `main(out_dir)` also runs as
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
@@ -227,14 +227,50 @@ def spawn(fn, world_size: int, *args, timeout: float = 240.0) -> None:
     A child that raises makes this raise (torch.multiprocessing kills the others); a run still going
     after `timeout` seconds is killed and reported as a hang.
     """
+    # forkserver: children fork from a clean process that imported torch once (fast), not from
+    # the test process, whose threads (thread pools, earlier tests) could hold locks in a fork
+    mp.get_context("forkserver").set_forkserver_preload(["torch", "train", "ddp_worker"])
     context = mp.start_processes(_child, args=(fn, world_size, free_port(), args),
-                                 nprocs=world_size, join=False, start_method="fork")
+                                 nprocs=world_size, join=False, start_method="forkserver")
     deadline = time.monotonic() + timeout
     while not context.join(timeout=1.0):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
             raise TimeoutError(f"{world_size} processes still running after {timeout:.0f} s (hang)")
+
+
+def train_rank(out_dir: str, argv: list[str], nan_from_batch: int | None = None) -> None:
+    """train.main(argv) on this rank; its exit code and summary go to OUT_DIR/rank<r>.json, what
+    it prints to OUT_DIR/rank<r>.out and rank<r>.err.
+
+    nan_from_batch: rank 1's toy batches turn to NaN from that (0-based) batch on.
+    """
+    import json
+
+    import train
+    from twinflow_min import data_sources
+
+    rank = int(os.environ["RANK"])
+    for fd, name in ((1, "out"), (2, "err")):  # what this rank prints, for the test to read
+        with open(Path(out_dir, f"rank{rank}.{name}"), "w") as sink:
+            os.dup2(sink.fileno(), fd)
+    if nan_from_batch is not None and rank == 1:
+        original, calls = data_sources.ToyData.next_batch, []
+
+        def poisoned(self):
+            x, y = original(self)
+            calls.append(1)
+            return (x * float("nan"), y) if len(calls) > nan_from_batch else (x, y)
+
+        data_sources.ToyData.next_batch = poisoned
+    try:
+        summary, code = train.main(argv), 0
+    except SystemExit as stop:
+        summary, code = None, stop.code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"code": code, "summary": summary}))
 
 
 def main(out_dir: str) -> None:

@@ -1,10 +1,12 @@
 """More than one process: DDP on CPU with gloo (twinflow_min/distributed.py, issue 15).
 
-Two forked processes (tests/ddp_worker.py) train the toy and a tiny class-conditional DiT with
-flow matching and both TwinFlow recipes. The single-process reference of the equivalence test runs
-the same public loss (twinflow_losses / flow_matching_loss) on every rank's rows at once.
+Two processes (tests/ddp_worker.py, from a fork server) train the toy and a tiny class-conditional
+DiT with flow matching and both TwinFlow recipes. The single-process reference of the equivalence
+test runs the same public loss (twinflow_losses / flow_matching_loss) on every rank's rows at once.
+train.py itself runs under torchrun's environment for resume, NaN and world-size checks.
 """
 
+import json
 import multiprocessing
 
 import ddp_worker
@@ -26,11 +28,12 @@ from twinflow_min.distributed import (
     wrap_loss,
 )
 from twinflow_min.model import build_model
+from twinflow_min.train_state import read_checkpoint
 
 needs_gloo = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()
-         and "fork" in multiprocessing.get_all_start_methods()),
-    reason="needs torch.distributed with gloo and the fork start method (Linux, macOS)")
+         and "forkserver" in multiprocessing.get_all_start_methods()),
+    reason="needs torch.distributed with gloo and the forkserver start method (Linux, macOS)")
 
 ENV = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
        "MASTER_PORT": "29500"}
@@ -188,3 +191,98 @@ def test_checkpoint_states_hold_every_rank(ranks):
         assert torch.equal(mine, torch.Generator().manual_seed(rank_seed(7, rank)).get_state())
     assert ranks[0]["rank_states"]["data_states"] == [{"rank": 0}, {"rank": 1}]
     assert rank_rng_states(saved, 2) == {}
+
+
+# ------------------------------------------------------------------------ train.py, two processes
+
+def toy_args(out, steps: int) -> list[str]:
+    """A short TwinFlow toy run (adversarial branch, EMA teacher), 2 micro-steps per step; the
+    cosine learning rate decays over 4 steps however many this part trains."""
+    return ["--toy", "moons", "--device", "cpu", "--batch-size", "16", "--steps", str(steps),
+            "--gradient_accumulation_steps", "2", "--out", str(out), "--validation_every", "0",
+            "--checkpointing_steps", "0", "--eval_samples", "0", "--log_every", "1",
+            "--lr_decay_steps", "4"]
+
+
+def train_ranks(tmp_path, name: str, argv: list[str], world_size: int = 2, **options) -> list:
+    """Exit code, summary, stdout and stderr of every rank of one `train.py` run under torchrun's
+    environment."""
+    out = tmp_path / f"ranks-{name}"
+    out.mkdir()
+    ddp_worker.spawn(ddp_worker.train_rank, world_size, str(out), argv, *options.values())
+    return [{**json.loads((out / f"rank{rank}.json").read_text()),
+             "out": (out / f"rank{rank}.out").read_text(),
+             "err": (out / f"rank{rank}.err").read_text()} for rank in range(world_size)]
+
+
+def metrics_rows(run_dir) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in row.items() if key != "steps_per_s"} for row in rows]
+
+
+@needs_gloo
+def test_two_process_resume_continues_bit_for_bit(tmp_path, capfd):
+    whole = train_ranks(tmp_path, "whole", toy_args(tmp_path / "whole", 4))
+    first = train_ranks(tmp_path, "first", toy_args(tmp_path / "part", 2))
+    run_dir = tmp_path / "part" / "toy-moons"
+    rest = train_ranks(tmp_path, "rest", ["--resume", str(run_dir), "--max_train_steps", "4"])
+    assert [rank["code"] for rank in whole + first + rest] == [0] * 6
+    a = read_checkpoint(tmp_path / "whole" / "toy-moons")
+    b = read_checkpoint(run_dir)
+    assert a["info"]["step"] == b["info"]["step"] == 4
+    assert a["info"]["extra"]["world_size"] == 2
+    assert sorted(a["rng"]) == ["rng.global_cpu", "rng.rank1.global_cpu", "rng.rank1.toy_data",
+                                "rng.rank1.train", "rng.toy_data", "rng.train"]
+    assert not torch.equal(a["rng"]["rng.train"], a["rng"]["rng.rank1.train"])
+    for part in ("model", "rng"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), key
+    for key, value in a["ema"]["teacher"].items():
+        assert torch.equal(value, b["ema"]["teacher"][key]), key
+    assert metrics_rows(tmp_path / "whole" / "toy-moons") == metrics_rows(run_dir)
+    assert whole[1]["summary"]["rank"] == 1  # rank 1 returns without evaluating
+    printed = [rank["out"] for rank in whole + first + rest]  # rank 0 alone prints
+    line = "global batch: 16 per process x 2 process(es) x 2 accumulation step(s) = 64 samples"
+    assert [line in text for text in printed] == [True, False] * 3
+
+    # the same run with another number of processes is refused in one line, nothing trained
+    with pytest.raises(SystemExit) as stop:
+        import train
+        train.main(["--resume", str(run_dir), "--max_train_steps", "6"])
+    assert stop.value.code == 2
+    error = capfd.readouterr().err
+    assert "trained with 2 process(es), this is 1; resume with the same number: torchrun " \
+           "--nproc_per_node 2 train.py --resume" in error
+    assert read_checkpoint(run_dir)["info"]["step"] == 4
+
+
+@needs_gloo
+def test_a_nan_on_one_rank_stops_both_with_the_message_once(tmp_path):
+    ranks = train_ranks(tmp_path, "nan", toy_args(tmp_path / "nan", 4), nan_from_batch=2)
+    assert [rank["code"] for rank in ranks] == [3, 3]
+    error = ranks[0]["err"] + ranks[1]["err"]
+    lines = [line for line in error.splitlines() if "non-finite" in line]
+    assert len(lines) == 1, error
+    assert ranks[1]["err"] == ""  # rank 0 prints what stopped every rank
+    # rank 1's third micro-batch is the first of step 2 (2 micro-steps per step)
+    assert lines[0].startswith("train.py: error: rank 1: non-finite loss at step 2 (loss_base=nan")
+    assert "loss=nan); no checkpoint was written before it" in lines[0]
+    assert not (tmp_path / "nan" / "toy-moons" / "checkpoint.safetensors").exists()
+
+
+@needs_gloo
+def test_one_process_under_torchrun_equals_a_plain_run(tmp_path):
+    """World size 1 with DDP: rank 0 seeds = the plain run's, and DDP changes no number."""
+    ranks = train_ranks(tmp_path, "one", toy_args(tmp_path / "ddp", 3), world_size=1)
+    assert ranks[0]["code"] == 0
+    import train
+    train.main(toy_args(tmp_path / "plain", 3))
+    a = read_checkpoint(tmp_path / "ddp" / "toy-moons")
+    b = read_checkpoint(tmp_path / "plain" / "toy-moons")
+    assert "world_size" not in a["info"]["extra"]
+    for part in ("model", "rng"):
+        assert a[part].keys() == b[part].keys()
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), key
+    assert metrics_rows(tmp_path / "ddp" / "toy-moons") == metrics_rows(tmp_path / "plain" /
+                                                                        "toy-moons")

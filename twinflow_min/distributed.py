@@ -83,9 +83,16 @@ def rank_seed(seed: int, rank: int) -> int:
 class PeerFailed(RuntimeError):
     """Another rank raised: `rank`, the error's class name `kind` and its one-line `message`."""
 
+    agreed_by_all_ranks = True
+
     def __init__(self, rank: int, kind: str, message: str):
         super().__init__(f"rank {rank}: {message}")
         self.rank, self.kind, self.message = rank, kind, message
+
+
+def reported_by_rank_0(error: BaseException) -> bool:
+    """True for an error all ranks stopped on through `guarded()`: rank 0 alone prints it."""
+    return getattr(error, "agreed_by_all_ranks", False)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,14 @@ class DistributedRun:
         dist.all_gather_object(values, value)
         return values
 
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the ranks (one all-reduce; all call it with the same keys)."""
+        if not self.enabled:
+            return values
+        total = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return dict(zip(values, (total / self.world_size).tolist()))
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier(device_ids=[self.local_rank] if self.device.type == "cuda" else None)
@@ -152,6 +167,7 @@ class DistributedRun:
         reports = self.gather(report)
         failed = next(rank for rank, entry in enumerate(reports) if entry is not None)
         if failed == self.rank:
+            error.agreed_by_all_ranks = True  # rank 0 reports it (PeerFailed) unless it is rank 0
             raise error
         raise PeerFailed(failed, *reports[failed]) from None
 
@@ -163,6 +179,22 @@ class DistributedRun:
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def launched_rank(environ=None) -> int:
+    """RANK from torchrun's environment (0 when absent or malformed: start_distributed says so)."""
+    value = (os.environ if environ is None else environ).get("RANK", "0").strip()
+    return int(value) if value.isdigit() else 0
+
+
+@contextlib.contextmanager
+def stdout_of_rank_0_only():
+    """Ranks > 0 print nothing to stdout (rank 0 alone logs); stderr stays, for tracebacks."""
+    if launched_rank() == 0:
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 def _environment_int(environ, key: str) -> int:
@@ -262,6 +294,13 @@ def wrap_loss(student: nn.Module, objective, run: DistributedRun) -> nn.Module:
     device_ids = [run.local_rank] if run.device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False,
                                    **NO_FORWARD_BUFFER_SYNC)
+
+
+def unwrap(loss_module: nn.Module) -> LossModule:
+    """The LossModule inside a DDP wrapper (or the LossModule itself): `.student`, `.objective`."""
+    if isinstance(loss_module, DistributedDataParallel):
+        return loss_module.module
+    return loss_module
 
 
 def micro_step_sync(loss_module: nn.Module, micro_step: int, count: int):

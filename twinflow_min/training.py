@@ -21,10 +21,18 @@ import torch
 from torch import Tensor
 
 from twinflow_min.data_sources import SetupError
+from twinflow_min.distributed import DistributedRun, gather_rank_states
 from twinflow_min.ema import EMATeacher
+from twinflow_min.lora import LoRATeacher, has_lora
+from twinflow_min.lora_training import checkpoint_parts
 from twinflow_min.plots import trajectory_map_png
 from twinflow_min.run_dir import append_metrics
-from twinflow_min.train_state import capture_rng_states, first_nonfinite, save_checkpoint
+from twinflow_min.train_state import (
+    CHECKPOINT_NAME,
+    capture_rng_states,
+    first_nonfinite,
+    save_checkpoint,
+)
 from twinflow_min.twinflow import TwinFlowOptions
 
 
@@ -172,13 +180,15 @@ def describe_schedule(cfg, start_step: int) -> str:
 
 
 def make_teacher(cfg, model: torch.nn.Module) -> EMATeacher:
-    """The teacher F^- (docs/math.md#ema-teacher): the student's EMA, or the student (decay 0)."""
+    """The teacher F^- (docs/math.md#ema-teacher): the student's EMA, or the student (decay 0).
+    A LoRA model's teacher averages only its trainable tensors (twinflow_min/lora.py)."""
+    kind = LoRATeacher if has_lora(model) else EMATeacher
     if cfg.use_ema:
-        return EMATeacher(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
+        return kind(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup)
     if cfg.twinflow_enabled:
         print("note: no EMA teacher; the student is its own teacher "
               "(twinflow_allow_no_ema_teacher)")
-    return EMATeacher(model, decay=0.0)
+    return kind(model, decay=0.0)
 
 
 def next_teacher(teacher: EMATeacher, model: torch.nn.Module, done: int, cfg) -> EMATeacher:
@@ -207,11 +217,15 @@ class Checkpointer:
     Before every write the student and teacher weights are checked: a checkpoint never holds a NaN
     or an infinity (TrainingDiverged names the last good one instead). A write that fails (full
     disk, read-only folder) raises CheckpointWriteError naming the step and the last good
-    checkpoint.
+    checkpoint. Under torchrun every rank calls `save`: the ranks' generator and data states are
+    gathered and rank 0 alone writes them (twinflow_min/distributed.py); the others wait for it.
     """
 
-    def __init__(self, run_dir: Path, cfg, model, optimizer, scaler, data, generators, device):
+    def __init__(self, run_dir: Path, cfg, model, optimizer, scaler, data, generators, device,
+                 lora_base=None, run: DistributedRun | None = None):
         self.run_dir, self.cfg, self.model = run_dir, cfg, model
+        self.run = run or DistributedRun(device=device)
+        self.lora_base = lora_base  # a LoRA run (lora_training.LoRABase): save only its adapters
         self.optimizer, self.scaler, self.data = optimizer, scaler, data
         self.generators, self.device = generators, device
         self.last: str | None = None
@@ -220,6 +234,15 @@ class Checkpointer:
         return self.last if self.last is not None else "none (no checkpoint was written yet)"
 
     def save(self, step: int, teacher: EMATeacher) -> Path:
+        rng_states, data_states = gather_rank_states(
+            self.run, capture_rng_states(self.generators, self.device), self.data.state_dict())
+        with self.run.guarded():
+            if self.run.is_main:
+                self.write(step, teacher, rng_states, data_states)
+        self.last = f"{self.run_dir / CHECKPOINT_NAME} (step {step})"
+        return self.run_dir / CHECKPOINT_NAME
+
+    def write(self, step: int, teacher: EMATeacher, rng_states: dict, data_states: list) -> None:
         weights = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         weights.update({f"ema.{k}": v for k, v in teacher.teacher.state_dict().items()})
         bad = first_nonfinite(weights)
@@ -227,31 +250,35 @@ class Checkpointer:
             raise TrainingDiverged(step, {bad: math.nan}, self.last,
                                    what="weights, so no checkpoint was written with them,")
         extra = {"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else None
+        if self.run.world_size > 1:  # absent: 1 process (every checkpoint before issue 15)
+            extra = {**(extra or {}), "world_size": self.run.world_size,
+                     "rank_data_states": data_states}
+        parts = checkpoint_parts(self.model, self.lora_base) if self.lora_base else {}
         try:
-            path = save_checkpoint(self.run_dir, model=self.model, ema=teacher,
-                                   optimizer=self.optimizer, step=step,
-                                   train_config=self.cfg.to_dict(),
-                                   data_state=self.data.state_dict(),
-                                   rng_states=capture_rng_states(self.generators, self.device),
-                                   extra=extra)
+            save_checkpoint(self.run_dir, model=self.model, ema=teacher, optimizer=self.optimizer,
+                            step=step, train_config=self.cfg.to_dict(),
+                            data_state=self.data.state_dict(), rng_states=rng_states,
+                            extra=extra, **parts)
         except OSError as error:
             raise CheckpointWriteError(f"cannot write the checkpoint of step {step} in "
                                        f"{self.run_dir} ({error.strerror or error}); the last good "
                                        f"checkpoint is {self.describe()}") from None
-        self.last = f"{path} (step {step})"
-        return path
 
 
 class StepLog:
     """metrics.jsonl rows every `log_every` steps and at the last step; the progress-bar postfix."""
 
-    def __init__(self, run_dir: Path, cfg, progress):
+    def __init__(self, run_dir: Path, cfg, progress, run: DistributedRun | None = None):
         self.run_dir, self.cfg, self.progress = run_dir, cfg, progress
+        self.run = run or DistributedRun()
         self.tic = time.time()
 
     def __call__(self, done: int, terms: dict[str, float], grad_norm: float, lr: float) -> None:
         due = done % self.cfg.log_every == 0
         if not due and done != self.cfg.max_train_steps:
+            return
+        terms = self.run.mean(terms)  # under torchrun: the terms of the whole global batch
+        if not self.run.is_main:
             return
         row = {"step": done, **terms, "grad_norm": grad_norm, "lr": lr,
                "steps_per_s": self.cfg.log_every / max(time.time() - self.tic, 1e-9)}
