@@ -67,6 +67,14 @@ def test_toy_smoke_run_writes_every_artifact(tmp_path):
     assert "rng.train" in keys and "rng.toy_data" in keys
 
 
+def test_toy_validation_draws_its_own_sampler_noise(tmp_path):
+    # the 2- and 4-NFE presets re-noise (stochastic ratio 1): validation must give the sampler a
+    # generator of its own, or ucgm_sample refuses to run
+    summary = run_toy(tmp_path, "--steps", "4", "--validation_every", "2")
+    pictures = sorted(p.name for p in (Path(summary["run_dir"]) / "validation").iterdir())
+    assert pictures == ["step_0000002.png", "step_0000004.png"]
+
+
 def test_a_fresh_run_never_overwrites_an_earlier_one(tmp_path):
     first = run_toy(tmp_path, "--steps", "2")
     second = run_toy(tmp_path, "--steps", "2")

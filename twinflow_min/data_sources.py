@@ -62,9 +62,11 @@ class ToyData:
     def validate(self, model, nfes, path: Path) -> None:
         z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(12345)).to(self.device)
         reference = sample_toy(self.name, 2000, torch.Generator().manual_seed(54321))
-        panels = [(f"{nfe} NFE", {"data": reference,
-                                  "samples": evaluate.generate(model, z, nfe).cpu()})
-                  for nfe in nfes]
+        panels = []
+        for nfe in nfes:  # the 2- and 4-NFE presets re-noise: fixed sampler noise per panel
+            noise = torch.Generator(device=self.device).manual_seed(23456)
+            samples = evaluate.generate(model, z, nfe, generator=noise).cpu()
+            panels.append((f"{nfe} NFE", {"data": reference, "samples": samples}))
         scatter_png(path, panels, title=f"{self.name}: validation samples")
 
     def final_evaluation(self, model, nfes, run_dir: Path) -> dict:
