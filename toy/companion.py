@@ -116,6 +116,14 @@ def share_value(text: str) -> float:
     return value
 
 
+def refuse_repeats(parser: argparse.ArgumentParser, **lists) -> None:
+    """One-line argparse error for a list flag that names a value twice (--seeds 0 0)."""
+    for name, values in lists.items():
+        if len(set(values)) != len(values):
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} {values} repeats a value; give distinct values")
+
+
 @contextlib.contextmanager
 def torch_threads(count: int):
     """Run with `count` intra-op threads, then restore the previous count."""

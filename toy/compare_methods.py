@@ -35,9 +35,22 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toy.companion import (COLUMNS, DATA_ROW, METHODS, QUICK_FLAGS, data_floor,  # noqa: E402
-                           fresh_folder, markdown_table, mean_spread, positive_int, run,
-                           seed_value, stack_rows, torch_threads)
+from toy.companion import (  # noqa: E402
+    COLUMNS,
+    DATA_ROW,
+    METHODS,
+    QUICK_FLAGS,
+    data_floor,
+    fresh_folder,
+    markdown_table,
+    mean_spread,
+    positive_int,
+    refuse_repeats,
+    run,
+    seed_value,
+    stack_rows,
+    torch_threads,
+)
 from twinflow_min.data import TOY_DATASETS  # noqa: E402
 
 SCRIPT = "compare_methods.py"
@@ -65,9 +78,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    for name, values in (("--seeds", args.seeds), ("--methods", args.methods)):
-        if len(set(values)) != len(values):
-            parser.error(f"{name} {values} repeats a value; give distinct values")
+    refuse_repeats(parser, seeds=args.seeds, methods=args.methods)
     return args
 
 

@@ -37,9 +37,21 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toy.companion import (DATA_ROW, DATA_SEED_OFFSET, METHODS, QUICK_FLAGS,  # noqa: E402
-                           fresh_folder, markdown_table, mean_spread, positive_int, run,
-                           seed_value, stack_rows, torch_threads)
+from toy.companion import (  # noqa: E402
+    DATA_ROW,
+    DATA_SEED_OFFSET,
+    METHODS,
+    QUICK_FLAGS,
+    fresh_folder,
+    markdown_table,
+    mean_spread,
+    positive_int,
+    refuse_repeats,
+    run,
+    seed_value,
+    stack_rows,
+    torch_threads,
+)
 from twinflow_min.checkpoint import load_pretrained  # noqa: E402
 from twinflow_min.data import MODE_TOYS, sample_toy, toy_mode_centres, toy_mode_std  # noqa: E402
 from twinflow_min.evaluate import TOY_EVAL_SEED, generate  # noqa: E402
@@ -96,10 +108,7 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])
-    for name, values in (("--toys", args.toys), ("--seeds", args.seeds),
-                         ("--methods", args.methods)):
-        if len(set(values)) != len(values):
-            parser.error(f"{name} {values} repeats a value; give distinct values")
+    refuse_repeats(parser, toys=args.toys, seeds=args.seeds, methods=args.methods)
     return args
 
 

@@ -27,9 +27,22 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toy.companion import (COLUMNS, DATA_ROW, METHODS, QUICK_FLAGS, data_floor,  # noqa: E402
-                           fresh_folder, markdown_table, mean_spread, positive_int, run,
-                           seed_value, side_by_side, torch_threads)
+from toy.companion import (  # noqa: E402
+    COLUMNS,
+    DATA_ROW,
+    METHODS,
+    QUICK_FLAGS,
+    data_floor,
+    fresh_folder,
+    markdown_table,
+    mean_spread,
+    positive_int,
+    refuse_repeats,
+    run,
+    seed_value,
+    side_by_side,
+    torch_threads,
+)
 from twinflow_min.data import TOY_DATASETS  # noqa: E402
 from twinflow_min.plots import line_plot_png  # noqa: E402
 
@@ -58,10 +71,7 @@ def parse_args(argv):
                         help="further train.py flags given to every run")
     args = parser.parse_args(argv)
     args.lengths = sorted(args.lengths or (QUICK_LENGTHS if args.quick else DEFAULT_LENGTHS))
-    for name, values in (("--lengths", args.lengths), ("--seeds", args.seeds),
-                         ("--methods", args.methods)):
-        if len(set(values)) != len(values):
-            parser.error(f"{name} {values} repeats a value; give distinct values")
+    refuse_repeats(parser, lengths=args.lengths, seeds=args.seeds, methods=args.methods)
     return args
 
 

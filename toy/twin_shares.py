@@ -37,9 +37,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toy.companion import (COLUMNS, DATA_ROW, QUICK_FLAGS, data_floor, fresh_folder,  # noqa: E402
-                           markdown_table, mean_spread, positive_int, run, seed_value, share_value,
-                           torch_threads)
+from toy.companion import (  # noqa: E402
+    COLUMNS,
+    DATA_ROW,
+    QUICK_FLAGS,
+    data_floor,
+    fresh_folder,
+    markdown_table,
+    mean_spread,
+    positive_int,
+    refuse_repeats,
+    run,
+    seed_value,
+    share_value,
+    torch_threads,
+)
 from twinflow_min.data import TOY_DATASETS  # noqa: E402
 from twinflow_min.plots import line_plot_png  # noqa: E402
 
@@ -83,9 +95,7 @@ def parse_args(argv):
     args.twin_shares = sorted(args.twin_shares or (QUICK_SHARES if args.quick else DEFAULT_SHARES))
     args.steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])
-    for name, values in (("--twin-shares", args.twin_shares), ("--seeds", args.seeds)):
-        if len(set(values)) != len(values):
-            parser.error(f"{name} {values} repeats a value; give distinct values")
+    refuse_repeats(parser, twin_shares=args.twin_shares, seeds=args.seeds)
     return args
 
 
