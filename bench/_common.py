@@ -40,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twinflow_min.checks import is_count, resolve_device  # noqa: E402
 from twinflow_min.ema import EMATeacher  # noqa: E402
 from twinflow_min.model import MODEL_REGISTRY, build_model  # noqa: E402
-from twinflow_min.twinflow import flow_matching_loss, sample_training_inputs, twinflow_losses  # noqa: E402
+from twinflow_min.twinflow import (  # noqa: E402
+    flow_matching_loss,
+    sample_training_inputs,
+    twinflow_losses,
+)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 RECIPES = ("flow matching", "twinflow tutorial", "twinflow large")

@@ -1,4 +1,4 @@
-"""The README stays true: its quick start is the two commands, its key table is generated from TrainConfig."""
+"""The README stays true: the quick start is two commands, the key table comes from TrainConfig."""
 
 from pathlib import Path
 
@@ -20,7 +20,8 @@ def test_readme_quick_start_is_the_two_commands():
     quick = readme[readme.index("## Quick start"):]
     opening = quick.index("```bash") + len("```bash")
     commands = quick[opening: quick.index("```", opening)].strip().splitlines()
-    assert commands == ["pip install -r requirements.txt && python train.py --toy moons", "python -m pytest"]
+    install_and_toy = "pip install -r requirements.txt && python train.py --toy moons"
+    assert commands == [install_and_toy, "python -m pytest"]
     ci = (REPO / ".ci" / "run").read_text()
     assert "pip install -q -r requirements.txt" in ci
     assert "python3 -m pytest" in ci

@@ -1,7 +1,8 @@
 """The paper-companion scripts in toy/ run end to end (--quick) and their math is exact.
 
-Golden values are hand computations: the Euler sum of a time-only velocity, the largest-remainder split
-of 96 rows, and mode statistics of hand-placed points. Time convention: see twinflow_min/transport.py.
+Golden values are hand computations: the Euler sum of a time-only velocity, the largest-remainder
+split of 96 rows, and mode statistics of hand-placed points. Time convention: see
+twinflow_min/transport.py.
 """
 
 import importlib.util
@@ -115,8 +116,8 @@ def test_twin_share_mapping_onto_the_large_recipe_groups():
                                torch.tensor([2 / 9, 2 / 9, 2 / 9, 1 / 3]))
     assert "--twinflow_adversarial_enabled" in shares.share_flags(0.0)
     assert "--twinflow_adversarial_enabled" not in shares.share_flags(0.1)
-    # batch 96 at share 1/3: quotas 21.33 x 3 and 32 -> floors 21, 21, 21, 32 (95 rows); the last row
-    # goes to the largest remainder, a tie between the first three broken towards e2e
+    # batch 96 at share 1/3: quotas 21.33 x 3 and 32 -> floors 21, 21, 21, 32 (95 rows); the last
+    # row goes to the largest remainder, a tie between the first three broken towards e2e
     from twinflow_min.twinflow_large import partition_batch
     assert partition_batch(96, shares.group_proportions(1 / 3)) == [22, 21, 21, 32]
 
@@ -165,7 +166,8 @@ def test_mode_statistics_on_hand_placed_points():
     fewer = coverage.mode_statistics(samples[[0, 1, 2, 3, 4, 5, 7]], centres, (1.0, 1.0))
     assert fewer["hit"] == 1  # mode 1 keeps only the 4.9-sd sample: not hit
     # per-coordinate sd: (5, 0) is 2.5 sd away with sd_x = 2, (0, 2) is 4 sd away with sd_y = 0.5
-    scaled = coverage.mode_statistics(torch.tensor([[5.0, 0.0], [0.0, 2.0]]), centres[:1], (2.0, 0.5))
+    points = torch.tensor([[5.0, 0.0], [0.0, 2.0]])
+    scaled = coverage.mode_statistics(points, centres[:1], (2.0, 0.5))
     assert scaled["off_mode"] == pytest.approx(0.5)
 
 
@@ -192,6 +194,7 @@ def test_mode_coverage_runs_end_to_end(tmp_path):
         assert runs[0]["modes"] == {"8gaussians": 8, "grid25": 25}[toy]
         assert 0 <= runs[0]["mass_tv"] <= 1 and 0 <= runs[0]["off_mode"] <= 1
     cells = table_cells(out / "mode_coverage.md")
-    assert cells[0] == ["toy", "method", "modes hit", "mass error (TV)", "off-mode share", "1-NFE ED"]
+    header = ["toy", "method", "modes hit", "mass error (TV)", "off-mode share", "1-NFE ED"]
+    assert cells[0] == header
     assert len(cells) == 1 + 2 * 3
     assert (out / "mode_coverage.png").stat().st_size > 0

@@ -1,8 +1,8 @@
-"""Checks shared by every door of the project: numbers, integers, and the error raised for bad files.
+"""Checks shared by every door of the project: numbers, devices, the error raised for bad files.
 
-Values are checked once, where they enter (config, command line, file loaders, the first line of a public
-function); the math underneath trusts them. This module is the one home of the small predicates those doors
-share, so "a number, but not a bool" is written once.
+Values are checked once, where they enter (config, command line, file loaders, the first line of a
+public function); the math underneath trusts them. This module is the one home of the small
+predicates those doors share, so "a number, but not a bool" is written once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ INT64_MAX = 2**63 - 1  # the largest seed or count a torch tensor / generator ca
 
 
 class CheckpointError(ValueError):
-    """A file that cannot be read as what it claims to be (checkpoint, pretrained model, converted file).
+    """A file that cannot be read as what it claims to be (checkpoint, pretrained model, ...).
 
     The message names the file and the fix in one line; entry points print it without a traceback.
     """
@@ -34,7 +34,7 @@ def is_int(value) -> bool:
 
 
 def is_count(value, *, minimum: int = 1) -> bool:
-    """True for an integer in [minimum, INT64_MAX]: a batch size, a step count, a number of samples."""
+    """True for an integer in [minimum, INT64_MAX]: a batch size, a step count, a sample count."""
     return is_int(value) and minimum <= value <= INT64_MAX
 
 
@@ -42,7 +42,7 @@ DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what a device name may start wit
 
 
 def available_devices() -> list[str]:
-    """The devices this machine has, e.g. ['cpu', 'cuda:0', 'cuda:1'] (for error messages and `auto`)."""
+    """The devices this machine has, e.g. ['cpu', 'cuda:0', 'cuda:1'] (for error messages)."""
     names = ["cpu"]
     names += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
     if torch.backends.mps.is_available():
@@ -56,7 +56,8 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when present, else cpu; otherwise the named device if this machine has it.
 
     Raises ValueError with one line that lists the devices this machine has, for a malformed name
-    ('gpu', 'cuda:x') or a device that is not here ('cuda' without CUDA, 'mps' off a Mac, 'cuda:3' of 2).
+    ('gpu', 'cuda:x') or a device that is not here ('cuda' without CUDA, 'mps' off a Mac,
+    'cuda:3' on a machine with 2 GPUs).
     """
     have = available_devices()
     if name == "auto":
@@ -64,8 +65,8 @@ def resolve_device(name: str) -> torch.device:
     kind, _, index = name.partition(":")
     well_formed = kind in DEVICE_TYPES and (index == "" or index.isdigit())
     if not well_formed:
-        raise ValueError(f"device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps "
-                         f"(this machine has: {', '.join(have)})")
+        raise ValueError(f"device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or "
+                         f"mps (this machine has: {', '.join(have)})")
     wanted = name if index or kind == "mps" else f"{kind}:0"
     if kind == "cpu":
         wanted = "cpu"
