@@ -17,7 +17,9 @@ Equal compute: every arm runs with OMP_NUM_THREADS=1, two arms at a time (`--par
 SIGTERM once its CPU time since training started (the moment train.py claims its run folder, after
 the data is loaded) reaches `--budget` seconds; train.py finishes the step, writes its checkpoint
 and exits. On a core of its own a one-thread process's CPU time is its wall-clock time; CPU time is
-used so that other work on a shared machine does not decide the comparison (both are reported). A
+used so that other work on a shared machine does not decide the comparison (both are reported).
+With `--parallel 4` all arms run at once and K comes from arm A's first `--calibration` CPU
+seconds (its flow-matching rate, extrapolated); with 2, K is read off A's finished trace. Arm A
 keeps a copy of its checkpoint every `checkpointing_steps`, so A is also measured at the step counts
 the other arms reached (equal steps).
 
@@ -441,7 +443,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=2 / 3,
         help="share of C's and D's budget spent on flow matching (default 2/3)",
     )
-    parser.add_argument("--parallel", type=int, default=2, help="arms at a time (default 2)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="arms (and evaluations) at a time (default 2: A with B, then C with "
+        "D); at least the number of arms: all at once, K from --calibration",
+    )
+    parser.add_argument(
+        "--calibration",
+        type=float,
+        default=30.0,
+        help="with all arms at once: CPU seconds of arm A that set K (default 30)",
+    )
     parser.add_argument("--model", default="CIFAR-T/2")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-4, help="constant learning rate")
@@ -449,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-samples", type=int, default=1000, help="samples per sampler")
     parser.add_argument("--checkpointing-steps", type=int, default=25)
     parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument(
+        "--equal-steps",
+        default="B,C,D",
+        help="arms whose step count arm A is also measured at (default B,C,D)",
+    )
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests)")
     return parser
 
@@ -457,12 +476,18 @@ def checked_args(argv) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.budget, args.num_samples, args.batch_size = 3.0, 12, 4
-        args.checkpointing_steps, args.log_every = 1, 1
+        args.checkpointing_steps, args.log_every, args.calibration = 1, 1, 1.0
     arms = [arm.strip() for arm in args.arms.split(",") if arm.strip()]
     unknown = sorted(set(arms) - set(ARMS))
     if unknown or "A" not in arms:
         raise StudyError(f"--arms must list A and any of B, C, D, got {args.arms!r}")
     args.arms = [arm for arm in ARMS if arm in arms]
+    equal_steps = [arm.strip() for arm in args.equal_steps.split(",") if arm.strip()]
+    if not set(equal_steps) <= set(args.arms) - {"A"}:
+        raise StudyError(
+            f"--equal-steps must list arms of --arms other than A, got {args.equal_steps!r}"
+        )
+    args.equal_steps = equal_steps
     for flag, value in (("--train-data", args.train_data), ("--test-data", args.test_data)):
         if not Path(value).exists():
             raise StudyError(f"{flag} {value}: no such file or folder")
@@ -470,6 +495,10 @@ def checked_args(argv) -> argparse.Namespace:
         raise StudyError(f"--out {args.out} exists; choose a new study folder")
     if not np.isfinite(args.budget) or args.budget <= 0:
         raise StudyError(f"--budget must be a positive number of seconds, got {args.budget}")
+    if not np.isfinite(args.calibration) or args.calibration <= 0:
+        raise StudyError(
+            f"--calibration must be a positive number of seconds, got {args.calibration}"
+        )
     if not 0 < args.fm_share < 1:
         raise StudyError(f"--fm-share must be in (0, 1), got {args.fm_share}")
     for flag, value in (
@@ -494,10 +523,50 @@ def train_phase(arms: list[str], args, study: Path, start_step: int | None) -> d
             for arm in arms[offset : offset + args.parallel]
         ]
         run_arms(runs, args.budget)
-        for run in runs:
-            results[run.arm] = {**arm_result(run, args.budget), "trace": run.trace}
-            print(f"arm {run.arm}: {results[run.arm]['steps']} steps", flush=True)
+        results.update(finished_arms(runs, args.budget))
     return results
+
+
+def finished_arms(runs: list[ArmRun], budget: float) -> dict:
+    results = {}
+    for run in runs:
+        results[run.arm] = {**arm_result(run, budget), "trace": run.trace}
+        print(f"arm {run.arm}: {results[run.arm]['steps']} steps", flush=True)
+    return results
+
+
+def choose_start_step(trace: list, args) -> int:
+    start_step = max(1, step_at_cpu(trace, args.fm_share * args.budget))
+    print(
+        f"twinflow_start_step K = {start_step} (arm A's step after {args.fm_share:.3g} of the "
+        f"budget, from its first {trace[-1][0]:.0f} CPU s)",
+        flush=True,
+    )
+    return start_step
+
+
+def train_all_at_once(args, study: Path) -> tuple[dict, int | None, int]:
+    """Every arm at once: A and B first; C and D once A's first `--calibration` CPU seconds give
+    its flow-matching rate, so K = that rate x fm_share x budget (extrapolated)."""
+    first = [arm for arm in args.arms if arm in ("A", "B")]
+    second = [arm for arm in args.arms if arm in ("C", "D")]
+    runs = [
+        start_arm(arm, arm_config(arm, args, study / "runs", None), study, arm == "A")
+        for arm in first
+    ]
+    start_step, points, pending = None, 0, list(runs)
+    while pending:
+        time.sleep(POLL_SECONDS)
+        pending = [run for run in pending if not watch(run, args.budget)]
+        calibrated = runs[0].trace and runs[0].trace[-1][0] >= args.calibration
+        if second and start_step is None and (calibrated or runs[0] not in pending):
+            start_step, points = choose_start_step(runs[0].trace, args), len(runs[0].trace)
+            later = [
+                start_arm(arm, arm_config(arm, args, study / "runs", start_step), study, False)
+                for arm in second
+            ]
+            runs, pending = runs + later, pending + later
+    return finished_arms(runs, args.budget), start_step, points
 
 
 class Evaluations:
@@ -523,7 +592,7 @@ class Evaluations:
         """Each arm's final checkpoint, and arm A's snapshot nearest to each other arm's steps."""
         for name in names:
             self.add(name, name, arms[name]["checkpoint"], arms[name])
-            if name != "A":
+            if name in self.args.equal_steps:
                 snapshot = nearest_snapshot(snapshots, arms[name]["steps"])
                 steps = {"steps": int(snapshot.stem[5:])}
                 self.add(None, f"A @ {name}'s steps", str(snapshot), steps)
@@ -570,19 +639,19 @@ def run(args) -> dict:
     floor = {**data_floor(train_images, reference_stats, count, args.seed), "num_samples": count}
     first = [arm for arm in args.arms if arm in ("A", "B")]
     second = [arm for arm in args.arms if arm in ("C", "D")]
-    tic, start_step = time.time(), None
+    tic, start_step, points = time.time(), None, 0
     context = get_context("spawn")
     with ProcessPoolExecutor(args.parallel, mp_context=context, initializer=_one_thread) as pool:
         evaluations = Evaluations(pool, reference_stats, args)
-        arms = train_phase(first, args, study, None)
-        evaluations.add_arms(arms, first, study / "snapshots" / "A")
-        if second:
-            start_step = max(1, step_at_cpu(arms["A"]["trace"], args.fm_share * args.budget))
-            print(
-                f"twinflow_start_step K = {start_step} (arm A's step after "
-                f"{args.fm_share:.3g} of the budget)",
-                flush=True,
-            )
+        if args.parallel >= len(args.arms):
+            arms, start_step, points = train_all_at_once(args, study)
+            evaluations.add_arms(arms, args.arms, study / "snapshots" / "A")
+        else:
+            arms = train_phase(first, args, study, None)
+            evaluations.add_arms(arms, first, study / "snapshots" / "A")
+        if second and args.parallel < len(args.arms):
+            start_step = choose_start_step(arms["A"]["trace"], args)
+            points = len(arms["A"]["trace"])
             arms.update(train_phase(second, args, study, start_step))
             evaluations.add_arms(arms, second, study / "snapshots" / "A")
         training_wall = time.time() - tic
@@ -590,6 +659,7 @@ def run(args) -> dict:
     summary = {
         "arms": {arm: {k: v for k, v in arms[arm].items() if k != "trace"} for arm in arms},
         "twinflow_start_step": start_step,
+        "k_from_trace_points": points,  # K = step_at_cpu(traces["A"][:points], ...)
         "rows": rows,
         "data": floor,
         "budget_cpu_s": args.budget,
