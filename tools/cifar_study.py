@@ -11,7 +11,8 @@ same single-thread CPU budget, then samples every final checkpoint at 1, 2, 4 NF
   D  as C with the large recipe (row groups: each row pays for one term, so a step is cheaper).
 
     python tools/cifar_study.py --train-data cifar10-jpeg-train.tar.gz \\
-        --test-data cifar10-jpeg-test.tar.gz --out outputs/cifar_study --budget 720 --docs docs
+        --test-data cifar10-jpeg-test.tar.gz --out outputs/cifar_study --docs docs \\
+        --budget 360 --parallel 4 --num-samples 1000 --equal-steps B,C    # README's table
 
 Equal compute: every arm runs with OMP_NUM_THREADS=1, two arms at a time (`--parallel`), and gets
 SIGTERM once its CPU time since training started (the moment train.py claims its run folder, after
