@@ -25,9 +25,22 @@ official tutorial samples the student (--weights model). Outputs are never overw
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
+import signal
 import sys
+
+
+def _stopped_while_importing(signum, frame):
+    print("sample.py: stopped by Ctrl-C during start-up; nothing was written", file=sys.stderr,
+          flush=True)
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load: one line, no traceback
+    signal.signal(signal.SIGINT, _stopped_while_importing)
+
+import argparse  # noqa: E402 (the handler above comes first)
+import json
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +317,9 @@ def main(argv: list[str] | None = None) -> dict:
         return run(build_parser().parse_args(argv))
     except (SampleError, CheckpointError) as error:
         raise SystemExit(f"sample.py: error: {error}") from None
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written whole at the end, so none is partial
+        print("sample.py: stopped by Ctrl-C; nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def run(args) -> dict:
@@ -500,4 +516,5 @@ def _plain() -> dict:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: main's one line
     main(sys.argv[1:])

@@ -319,3 +319,14 @@ def test_cli_error_has_no_traceback(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "sample.py: error: --num must be an integer in [1, 9223372036854775807], got 0"
     ]
+
+
+def test_ctrl_c_while_sampling_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, "run", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        sample.main(["anything"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "sample.py: stopped by Ctrl-C; nothing was written\n"
