@@ -167,6 +167,10 @@ def read_resume(cfg: TrainConfig, device: torch.device,
     resume = {**read_checkpoint(cfg.resume, device=device), "folder": folder}
     # a run resumes with the number of processes it was trained with (distributed.py)
     check_world_size(resume["info"]["extra"].get("world_size", 1), run, resume["path"])
+    step = resume["info"]["step"]
+    if step > cfg.max_train_steps:
+        raise SetupError(f"{resume['path']} is at step {step}, past max_train_steps = "
+                         f"{cfg.max_train_steps}: nothing to train; pass a larger --max_train_steps")
     return resume
 
 

@@ -341,3 +341,12 @@ def test_eval_samples_zero_skips_the_final_evaluation(tmp_path, capsys):
     assert summary["step"] == 2 and "energy_distance_nfe1" not in summary
     assert "final evaluation skipped" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 2
+
+
+def test_resume_past_max_train_steps_is_refused_without_writing(tmp_path, capsys):
+    summary = train.main(toy_args(tmp_path, "--steps", "3", "--eval_samples", "0"))
+    checkpoint = Path(summary["checkpoint"])
+    before = checkpoint.read_bytes()
+    err = refused(capsys, ["--resume", summary["run_dir"], "--max_train_steps", "2"])
+    assert "is at step 3, past max_train_steps = 2: nothing to train" in err
+    assert checkpoint.read_bytes() == before  # nothing rewritten
