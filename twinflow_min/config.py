@@ -348,7 +348,8 @@ def _coerce_number(key: str, value, base, where: str):
     got = f"got {_shown(value)}"
     if not is_real(value, allow_inf=True):
         in_json = "command line" not in where  # JSON: a quoted "1e-4" is a string
-        fix = "write a number without quotes" if in_json else "write a decimal number, e.g. 1e-4"
+        example = "e.g. 500" if base is int else "e.g. 1e-4"
+        fix = "write a number without quotes" if in_json else f"write a decimal number, {example}"
         fix = "booleans are not numbers" if isinstance(value, bool) else fix
         raise ConfigError(f"{key}{where}: expected {kind}, {got}; {fix}")
     if not is_real(value):
