@@ -187,7 +187,9 @@ def test_command_line_value_forms(tmp_path):
     assert cfg.twinflow_group_proportions == [1.0, 1.0, 1.0, 0.0]
     assert cfg.twinflow_enhanced_range == [0.2, 0.8]
     assert (cfg.twinflow_rectify_clip, cfg.run_name, cfg.learning_rate) == (1.0, None, 0.001)
-    assert resolve_config(["--twinflow_rectify_clip", "none"]).twinflow_rectify_clip is None
+    last_wins = resolve_config(["--twinflow_rectify_clip", "1.5",
+                                "--twinflow_rectify_clip", "none"])
+    assert last_wins.twinflow_rectify_clip is None
     assert resolve_config(["--compile"]).compile is True  # bare boolean flag = true
 
 

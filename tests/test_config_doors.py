@@ -378,15 +378,3 @@ def test_train_py_prints_one_line_and_exits_2(argv, phrase):
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and phrase in lines[0]
-
-
-@pytest.mark.parametrize("argv, key", [
-    (["--toy", "moons", "--dataset", "toy:circles"], "dataset"),
-    (["--steps", "3", "--steps", "2"], "max_train_steps"),
-    (["--lr", "1e-3", "--learning_rate", "5e-4"], "learning_rate"),
-    (["--image-free", "--twinflow_image_free", "false"], "twinflow_image_free"),
-])
-def test_a_key_given_twice_on_the_command_line_is_refused(argv, key):
-    # a --config file with a duplicate key is refused; the command line must not keep the last
-    with pytest.raises(ConfigError, match=f"^command line: {key} is given twice"):
-        resolve_config(argv)

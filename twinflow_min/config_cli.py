@@ -47,17 +47,6 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-class _OncePerKey(argparse.Action):
-    """A key may be set once on the command line, under its own name or an alias (--steps 3
-    --max_train_steps 2 would otherwise keep the last silently, where a --config file refuses it)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if hasattr(namespace, self.dest):
-            raise ConfigError(f"command line: {self.dest} is given twice ({option_string} repeats "
-                              f"an earlier --{self.dest} or alias); give each key once")
-        setattr(namespace, self.dest, values)
-
-
 ALIASES = {"--toy": "dataset", "--steps": "max_train_steps", "--batch-size": "train_batch_size",
            "--lr": "learning_rate", "--out": "output_dir",
            "--pretrained": "pretrained_model_name_or_path"}
@@ -90,16 +79,15 @@ def build_parser(description: str = "Train TwinFlow.") -> argparse.ArgumentParse
         text = f"{field.metadata['help']} (default: {json.dumps(default_of(key))})"
         is_bool = base_type(HINTS[key])[0] is bool
         kind = boolean if is_bool else dict(metavar=_metavar(key))
-        parser.add_argument(f"--{key}", help=text.replace("%", "%%"), action=_OncePerKey, **kind)
+        parser.add_argument(f"--{key}", help=text.replace("%", "%%"), **kind)
     aliases = parser.add_argument_group("aliases")
     for flag, key in ALIASES.items():
         if flag == "--toy":
             aliases.add_argument(flag, dest=key, type=lambda name: f"toy:{name}", metavar="NAME",
-                                 help=f"= --{key} toy:NAME", action=_OncePerKey)
+                                 help=f"= --{key} toy:NAME")
         else:
-            aliases.add_argument(flag, dest=key, metavar=_metavar(key), help=f"= --{key}",
-                                 action=_OncePerKey)
-    aliases.add_argument("--image-free", dest="twinflow_image_free", action=_OncePerKey,
+            aliases.add_argument(flag, dest=key, metavar=_metavar(key), help=f"= --{key}")
+    aliases.add_argument("--image-free", dest="twinflow_image_free",
                          help="= --twinflow_image_free true", **boolean)
     return parser
 
