@@ -170,7 +170,8 @@ def read_resume(cfg: TrainConfig, device: torch.device,
     step = resume["info"]["step"]
     if step > cfg.max_train_steps:
         raise SetupError(f"{resume['path']} is at step {step}, past max_train_steps = "
-                         f"{cfg.max_train_steps}: nothing to train; pass a larger --max_train_steps")
+                         f"{cfg.max_train_steps}: nothing to train; "
+                         f"pass a larger --max_train_steps")
     return resume
 
 
