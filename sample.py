@@ -62,6 +62,7 @@ from twinflow_min.sampler import (
     preset_for_nfe,
     ucgm_sample,
 )
+from twinflow_min.run_dir import training_dataset
 from twinflow_min.train_state import CHECKPOINT_NAME
 
 OUTPUT_DIR = (
@@ -369,7 +370,7 @@ def run(args) -> dict:
             sampler(min(batch_size, num - s))
             for s in tqdm(range(0, num, batch_size), desc="sampling", disable=None)
         ]
-        write_output(out, torch.cat(batches), _training_dataset(checkpoint), args.overwrite)
+        write_output(out, torch.cat(batches), training_dataset(checkpoint), args.overwrite)
         results["num_samples"], results["out"] = num, str(out)
     print(json.dumps(results, indent=2, default=str))
     return results
@@ -473,15 +474,6 @@ def write_output(path: Path, samples: torch.Tensor, dataset: str | None, overwri
             path, samples.clamp(-1, 1).cpu(), nrow=int(np.ceil(np.sqrt(samples.shape[0])))
         )
     print(f"wrote {path}")
-
-
-def _training_dataset(checkpoint: Path) -> str | None:
-    """The dataset string of a twinflow-min training checkpoint (for the toy scatter's data)."""
-    summary = checkpoint.parent / "checkpoint.json"
-    try:
-        return json.loads(summary.read_text()).get("train_config", {}).get("dataset")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def evaluate_images(args, sampler: Sampler, run_dir: Path, device, num, batch_size, fid_path):

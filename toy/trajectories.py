@@ -7,11 +7,14 @@ This script integrates both ODEs from the same noise with the instantaneous velo
     real:  x <- x - (t - t') F(x,  t,  t)      t = 1 -> 0
     fake:  x <- x - (t - t') F(x, -t, -t)      (same grid, the network sees negative time)
 and draws the paths, the real endpoints against the data, and the fake endpoints against the model's
-one-step samples z - F(z, 1, 0). Output: <run>/trajectories_paths.png, <run>/trajectories_ends.png.
+one-step samples z - F(z, 1, 0). Output: trajectories_paths.png and trajectories_ends.png in the run
+folder (or --out), never over earlier ones unless --overwrite. The reference data is the run's own
+toy (from its checkpoint.json), or --toy.
 
 Time convention: see twinflow_min/transport.py.
 
     python train.py --toy moons && python toy/trajectories.py outputs/toy-moons
+    python toy/trajectories.py outputs/toy-moons --steps 200 --out outputs/paths-200
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toy.companion import positive_int, seed_value  # noqa: E402
+from toy.companion import fail, positive_int, seed_value  # noqa: E402
 from twinflow_min.checkpoint import load_pretrained  # noqa: E402
 from twinflow_min.checks import CheckpointError  # noqa: E402
 from twinflow_min.data import TOY_DATASETS, sample_toy  # noqa: E402
 from twinflow_min.plots import scatter_png, trajectories_png  # noqa: E402
+from twinflow_min.run_dir import training_dataset  # noqa: E402
 from twinflow_min.transport import invert  # noqa: E402
+
+
+SCRIPT = "trajectories.py"
+OUTPUTS = ("trajectories_paths.png", "trajectories_ends.png")
 
 
 @torch.no_grad()
@@ -52,36 +60,47 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--steps", type=positive_int, default=50,
                         help="Euler steps per path (default 50)")
     parser.add_argument("--seed", type=seed_value, default=0)
-    parser.add_argument("--toy", default="moons", choices=TOY_DATASETS,
-                        help="dataset drawn for reference (default moons)")
+    parser.add_argument("--toy", default=None, choices=TOY_DATASETS,
+                        help="dataset drawn for reference (default: the run's own toy)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the two PNGs (default: the run folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace trajectories PNGs already in that folder")
     args = parser.parse_args(argv)
     run = Path(args.run)
     checkpoint = run / "checkpoint.safetensors" if run.is_dir() else run
     try:
         model, _ = load_pretrained(checkpoint)
     except (CheckpointError, OSError) as error:
-        raise SystemExit(f"toy/trajectories.py: error: {error}") from None
+        fail(SCRIPT, str(error))
     model.eval()
     if not model.config.data_dim:
-        raise SystemExit("toy/trajectories.py: error: this checkpoint is not a 2-D toy model")
+        fail(SCRIPT, f"{checkpoint} is not a 2-D toy model; give a run of train.py --toy NAME")
+    toy = args.toy or (training_dataset(checkpoint) or "").removeprefix("toy:")
+    if toy not in TOY_DATASETS:
+        fail(SCRIPT, f"{checkpoint} does not say which toy it was trained on; add --toy NAME")
+    out_dir = Path(args.out) if args.out else checkpoint.parent
+    taken = [name for name in OUTPUTS if (out_dir / name).exists()]
+    if taken and not args.overwrite:
+        fail(SCRIPT, f"{out_dir} already holds {', '.join(taken)}; pass --overwrite or choose "
+                     f"another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
     z = torch.randn(args.num, 2, generator=torch.Generator().manual_seed(args.seed))
     real, fake = integrate(model, z, args.steps, 1.0), integrate(model, z, args.steps, -1.0)
     ones = torch.ones(args.num)
     with torch.no_grad():
         # x_fake = z - F(z, 1, 0)
         one_step = invert(z, model(z, ones, torch.zeros_like(ones), None), ones)[0]
-    out_dir = checkpoint.parent
-    paths = trajectories_png(out_dir / "trajectories_paths.png",
+    paths = trajectories_png(out_dir / OUTPUTS[0],
                              [("real branch: F(x, t, t), t > 0", real.numpy()),
                               ("fake branch: F(x, -t, -t), t < 0", fake.numpy())],
                              title="the two trajectories of one network, from the same noise",
                              limits=(-3, 3))
-    data = sample_toy(args.toy, 2000, torch.Generator().manual_seed(1))
-    ends = scatter_png(out_dir / "trajectories_ends.png",
-                       [("real ODE ends vs data", {"data": data, "real ends": real[-1].float()}),
-                        ("fake ODE ends vs one-step samples", {"one-step z - F(z,1,0)": one_step,
-                                                               "fake ends": fake[-1].float()})],
-                       title="where each branch lands")
+    data = sample_toy(toy, 2000, torch.Generator().manual_seed(1))
+    panels = [(f"real ODE ends vs {toy} data", {"data": data, "real ends": real[-1].float()}),
+              ("fake ODE ends vs one-step samples", {"one-step z - F(z,1,0)": one_step,
+                                                     "fake ends": fake[-1].float()})]
+    ends = scatter_png(out_dir / OUTPUTS[1], panels, title="where each branch lands")
     gap_real = (real[-1].float() - one_step).pow(2).sum(1).mean().item()
     gap_fake = (fake[-1].float() - one_step).pow(2).sum(1).mean().item()
     print(f"mean squared distance to the one-step samples: real-ODE ends {gap_real:.4f}, "

@@ -144,3 +144,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def training_dataset(checkpoint: str | Path) -> str | None:
+    """The `dataset` string ("toy:moons", "cifar10", ...) of the run that wrote `checkpoint`.
+
+    Read from the checkpoint.json next to the file; None for a file without one (a converted
+    pretrained checkpoint) or an unreadable one: callers then need the dataset from the user.
+    """
+    summary = Path(checkpoint).parent / SUMMARY_NAME
+    try:
+        return json.loads(summary.read_text()).get("train_config", {}).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
