@@ -61,7 +61,8 @@ def test_compare_methods_and_trajectories_run_end_to_end(tmp_path, capsys):
     out = tmp_path / "compare"
     results = compare.main(["--quick", "--out", str(out)])
     assert list(results) == ["flow-matching", "rcgm", "rcgm+realvel", "twinflow-tutorial",
-                             "twinflow-large"] == list(companion)
+                             "twinflow-large"] == list(compare.DEFAULT_METHODS)
+    assert list(companion) == [*results, "rcgm+realvel+consistency", "rcgm+realvel+adv+rectify"]
     keys = [key for _, key in compare.COLUMNS]
     for runs in results.values():
         assert len(runs) == 1 and runs[0]["step"] == 3
@@ -81,12 +82,28 @@ def test_compare_methods_and_trajectories_run_end_to_end(tmp_path, capsys):
     assert config["twinflow-tutorial"]["twinflow_recipe"] == "tutorial"
     assert config["twinflow-large"]["twinflow_recipe"] == "large"
     assert len({c["max_train_steps"] for c in config.values()}) == 1
+    # the two rows that split the tutorial recipe's twin-branch terms apart
+    split = compare.main(["--quick", "--out", str(tmp_path / "terms"), "--methods",
+                          "rcgm+realvel+consistency", "rcgm+realvel+adv+rectify"])
+    weights = ("twinflow_adversarial_weight", "twinflow_rectify_weight",
+               "twinflow_consistency_weight")
+    assert {method: tuple(run_config(runs[0])[key] for key in weights)
+            for method, runs in split.items()} == {"rcgm+realvel+consistency": (0, 0, 1),
+                                                   "rcgm+realvel+adv+rectify": (1, 1, 0)}
+    assert all(run_config(runs[0])["twinflow_adversarial_enabled"] for runs in split.values())
 
     trajectories = load_script("trajectories")
     run_dir = results["twinflow-tutorial"][0]["run_dir"]
     paths = trajectories.main([str(run_dir), "--num", "20", "--steps", "5"])
     assert paths.exists() and (paths.parent / "trajectories_ends.png").exists()
     assert "mean squared distance to the one-step samples" in capsys.readouterr().out
+    before = paths.read_bytes()
+    with pytest.raises(SystemExit) as stop:  # a second run never overwrites the first's PNGs
+        trajectories.main([str(run_dir), "--num", "20", "--steps", "7"])
+    assert stop.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert paths.read_bytes() == before
+    elsewhere = trajectories.main([str(run_dir), "--num", "20", "--out", str(tmp_path / "paths")])
+    assert elsewhere == tmp_path / "paths" / "trajectories_paths.png" and elsewhere.exists()
 
 
 def test_scripts_refuse_bad_input_in_one_line(tmp_path, capsys):

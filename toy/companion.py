@@ -3,7 +3,8 @@
 TwinFlow (arXiv:2512.05150), Sec. 4. Every method is `train.py` on the toy preset (see
 twinflow_min/config.py `PRESETS["toy"]`: 64-wide MLP, batch 96, AdamW 2e-3 with a cosine schedule,
 EMA 0.99 teacher and sampled model) plus the flags below, so all rows share model, batch, optimizer
-and step count:
+and step count. The last two split the tutorial recipe's twin-branch terms apart;
+toy/compare_methods.py runs the first five unless --methods names others.
 
   flow-matching      plain flow matching, F(x_t, t, t) regressed on z - x  (twinflow_enabled false)
   rcgm               L_base alone: the official RCGM mode (tutorial `TwinFlow.training_step` with
@@ -14,6 +15,8 @@ and step count:
                      term (the tutorial recipe, all weights 1)
   twinflow-large     the large recipe: e2e / mul / any / adv row groups in equal shares, L_rectify
                      on the e2e rows, l2 loss, no time weight (twinflow_recipe "large" defaults)
+  rcgm+realvel+consistency   the tutorial recipe without L_adv and L_rectify (their weights 0)
+  rcgm+realvel+adv+rectify   the tutorial recipe without the consistency term (its weight 0)
 
 Samples are scored by `twinflow_min.evaluate.evaluate_toy` on fixed draws (seed TOY_EVAL_SEED), so
 runs with different training seeds see the same noise and reference data. The loss terms:
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import statistics
 import sys
@@ -40,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from twinflow_min.canvas import FONT_LARGE, draw_text  # noqa: E402
+from twinflow_min.canvas import FONT_LARGE, draw_text, text_width  # noqa: E402
 from twinflow_min.data import sample_toy  # noqa: E402
 from twinflow_min.evaluate import TOY_EVAL_SEED  # noqa: E402
 from twinflow_min.metrics import energy_distance  # noqa: E402
@@ -51,6 +55,9 @@ METHODS = {
     "rcgm+realvel": ["--twinflow_adversarial_enabled", "false"],
     "twinflow-tutorial": [],
     "twinflow-large": ["--twinflow_recipe", "large"],
+    "rcgm+realvel+consistency": ["--twinflow_adversarial_weight", "0",
+                                 "--twinflow_rectify_weight", "0"],
+    "rcgm+realvel+adv+rectify": ["--twinflow_consistency_weight", "0"],
 }
 # (column title, train.py summary key): 1/2/4 NFE with the official UCGM presets, 50-step Euler ODE
 COLUMNS = [
@@ -137,7 +144,8 @@ def torch_threads(count: int):
 
 def run(toy: str, method_flags: list[str], *, seed: int, steps: int, out: Path, name: str,
         extra: list[str] = ()) -> dict:
-    """One quiet `train.main` run: its summary plus "seconds" (wall time, evaluation included).
+    """One quiet `train.main` run: its summary plus "seconds" (wall time, evaluation included) and
+    "batch_size" (the run's saved train_batch_size).
 
     train.py's own summary print is swallowed so that the scripts' tables stay readable; its errors
     (stderr, SystemExit) pass through unchanged.
@@ -148,7 +156,10 @@ def run(toy: str, method_flags: list[str], *, seed: int, steps: int, out: Path, 
     tic = time.time()
     with contextlib.redirect_stdout(io.StringIO()):
         summary = train.main(argv)
-    return {**summary, "seconds": time.time() - tic}
+    seconds = time.time() - tic
+    saved = json.loads((Path(summary["run_dir"]) / "checkpoint.json").read_text())
+    return {**summary, "seconds": seconds,
+            "batch_size": saved["train_config"]["train_batch_size"]}
 
 
 def data_floor(toy: str, num: int, seeds) -> list[float]:
@@ -186,7 +197,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def stack_rows(
     rows: list[Image.Image], labels: list[str], path: Path, label_width: int = 170
 ) -> Path:
-    """Images stacked top to bottom, each labelled on its left; written to `path`."""
+    """Images stacked top to bottom, each labelled on its left (a margin of at least `label_width`
+    pixels, wider for a long label); written to `path`."""
+    label_width = max(label_width, *(text_width(label, FONT_LARGE) + 20 for label in labels))
     figure = Image.new(
         "RGB", (label_width + max(r.width for r in rows), sum(r.height for r in rows)), "white"
     )

@@ -8,6 +8,9 @@ model, batch, optimizer and steps for every seed of --seeds:
   rcgm+realvel       L_base + real velocity
   twinflow-tutorial  L_base + real velocity + L_adv + L_rectify + consistency (tutorial recipe)
   twinflow-large     the large recipe, equal e2e / mul / any / adv row groups
+and, with --methods, two rows that split the tutorial recipe's twin-branch terms apart:
+  rcgm+realvel+consistency   tutorial recipe without L_adv and L_rectify
+  rcgm+realvel+adv+rectify   tutorial recipe without the consistency term
 each sampled with 1, 2, 4 NFE (official UCGM presets) and a 50-step Euler ODE, scored by the energy
 distance to 4,000 fresh data points on fixed draws. Writes, under --out (a new folder):
   compare_<toy>.md    mean ± sd over the seeds per method and sampler, the data-vs-data floor, and
@@ -16,11 +19,13 @@ distance to 4,000 fresh data points on fixed draws. Writes, under --out (a new f
   <toy>-<method>-seed<k>/   each train.py run (checkpoint, samples, loss curves)
 
 Default budget: 1,000 steps per run (half the toy preset's 2,000) x 5 methods x 3 seeds, one thread:
-about 5-7 minutes of CPU time (measured: 26 min wall while four companion scripts shared a busy
-2-core CPU). Time convention: see twinflow_min/transport.py.
+5.1 min wall on a 2-core CPU (measured with one other script on the second core). Time convention:
+see twinflow_min/transport.py.
 
     python toy/compare_methods.py                           # moons, 3 seeds
     python toy/compare_methods.py --toy 8gaussians --steps 2000 --out outputs/compare-8g
+    python toy/compare_methods.py --methods rcgm+realvel rcgm+realvel+consistency \
+        rcgm+realvel+adv+rectify twinflow-tutorial --out outputs/compare-terms
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from twinflow_min.data import TOY_DATASETS  # noqa: E402
 
 SCRIPT = "compare_methods.py"
 DEFAULT_STEPS, QUICK_STEPS = 1000, 3
+DEFAULT_METHODS = ("flow-matching", "rcgm", "rcgm+realvel", "twinflow-tutorial", "twinflow-large")
 
 
 def parse_args(argv):
@@ -66,8 +72,9 @@ def parse_args(argv):
                              f"{QUICK_STEPS} with --quick)")
     parser.add_argument("--seeds", type=seed_value, nargs="+", default=None,
                         help="training seeds (default 0 1 2; 0 with --quick)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help="methods to train (default: all five)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        default=list(DEFAULT_METHODS),
+                        help=f"methods to train (default {' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: fastest for the 64-wide MLP on a busy CPU)")
     parser.add_argument("--quick", action="store_true",
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                 summary = run(args.toy, METHODS[method], seed=seed, steps=args.steps, out=out,
                               name=f"{args.toy}-{method}-seed{seed}", extra=extra)
                 results[method].append(summary)
-                print(f"{method:18s} seed {seed}: "
+                print(f"{method:24s} seed {seed}: "
                       + "  ".join(f"{c} {summary[k]:.4f}" for c, k in COLUMNS)
                       + f"  ({summary['seconds']:.0f} s)", flush=True)
         num = results[args.methods[0]][0]["num_samples"]
@@ -113,10 +120,11 @@ def main(argv: list[str] | None = None) -> dict:
     every = [[method, str(seed), *(f"{s[k]:.4f}" for _, k in COLUMNS)]
              for method, runs in results.items() for seed, s in zip(args.seeds, runs)]
     seeds = ", ".join(map(str, args.seeds))
+    batch = summary["batch_size"]  # the last run's; all runs share it
     text = "\n".join([
         f"Energy distance to fresh `{args.toy}` data ({num:,} samples, lower is better): "
         f"mean ± sd over {len(args.seeds)} training seed(s) ({seeds}); {args.steps:,} steps of "
-        f"batch 96 per run (toy preset otherwise). `{DATA_ROW}`: a fresh data draw per seed "
+        f"batch {batch} per run (toy preset otherwise). `{DATA_ROW}`: a fresh data draw per seed "
         f"scored the same way, the metric's floor. Wall time {minutes:.1f} min in all, "
         f"{args.threads} thread(s).", "",
         markdown_table(header, table), "", "Every run:", "",

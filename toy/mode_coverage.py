@@ -178,9 +178,11 @@ def main(argv: list[str] | None = None) -> dict:
              for toy in args.toys for method in args.methods
              for seed, s in zip(args.seeds, results[toy, method])]
     seeds = ", ".join(map(str, args.seeds))
+    batch = summary["batch_size"]  # the last run's; all runs share it
     text = "\n".join([
         f"1-NFE mode coverage ({num:,} samples; modes hit per seed, mean ± sd of the rest over "
-        f"{len(args.seeds)} training seed(s) ({seeds}); {args.steps:,} steps of batch 96 per run). "
+        f"{len(args.seeds)} training seed(s) ({seeds}); {args.steps:,} steps of batch {batch} "
+        f"per run). "
         f"A mode is hit when >= {HIT_FRACTION:.0%} of its uniform share N/K of the samples lie "
         f"within {RADIUS:g} sd of its centre; mass error = 1/2 sum_k |m_k - 1/K| over the "
         f"nearest-centre shares m_k; off-mode = share beyond {RADIUS:g} sd of every centre. "

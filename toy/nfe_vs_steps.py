@@ -112,9 +112,10 @@ def main(argv: list[str] | None = None) -> dict:
              for method in args.methods for n in args.lengths]
     table.append([DATA_ROW, "-", *[mean_spread(floor)] * len(COLUMNS)])
     seeds = ", ".join(map(str, args.seeds))
+    batch = summary["batch_size"]  # the last run's; all runs share it
     text = "\n".join([
         f"Energy distance to fresh `{args.toy}` data ({num:,} samples, lower is better) after N "
-        f"training steps (batch 96, cosine schedule over the N steps, toy preset otherwise); "
+        f"training steps (batch {batch}, cosine schedule over the N steps, toy preset otherwise); "
         f"{len(args.seeds)} training seed(s) ({seeds})"
         f"{', mean ± sd' if len(args.seeds) > 1 else ''}. Wall time {minutes:.1f} min in all, "
         f"{args.threads} thread(s).", "",

@@ -135,11 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
     every = [[f"{share:.3f}", str(seed), *(f"{s[k]:.4f}" for _, k in COLUMNS)]
              for share in shares for seed, s in zip(args.seeds, results[share])]
     seeds = ", ".join(map(str, args.seeds))
+    batch = summary["batch_size"]  # the last run's; all runs share it
     text = "\n".join([
         f"Large recipe on `{args.toy}`, energy distance to fresh data ({num:,} samples, lower is "
         f"better): mean ± sd over {len(args.seeds)} training seed(s) ({seeds}); {args.steps:,} "
-        f"steps of batch 96 per run. Share 0 = adversarial branch off. Wall time {minutes:.1f} "
-        f"min in all, {args.threads} thread(s).", "",
+        f"steps of batch {batch} per run. Share 0 = adversarial branch off. Wall time "
+        f"{minutes:.1f} min in all, {args.threads} thread(s).", "",
         markdown_table(header, table), "", "Every run:", "",
         markdown_table(["adv share", "seed", *(c for c, _ in COLUMNS)], every)])
     (out / f"twin_shares_{args.toy}.md").write_text(text + "\n")
