@@ -17,8 +17,8 @@ Writes, under --out (a new folder):
   mode_coverage.md    per toy and method: modes hit of every seed, mean ± sd of the rest; every run
   mode_coverage.png   per toy (rows), per method (panels): the first seed's 1-NFE samples and data
 Default: toys 8gaussians and grid25; twinflow-tutorial, rcgm and flow-matching; 2 seeds of 1,000
-steps; one thread: about 5-6 minutes of CPU time (measured: 23 min wall while four companion
-scripts shared a busy 2-core CPU). Time convention: see twinflow_min/transport.py.
+steps; one thread: 4.0 min wall on a 2-core CPU (measured with one other script on the second
+core). Time convention: see twinflow_min/transport.py.
 
     python toy/mode_coverage.py
     python toy/mode_coverage.py --toys grid25 --steps 3000 --seeds 0 1 2

@@ -8,8 +8,8 @@ schedule, what `python train.py --toy moons --max_train_steps N` does) and sampl
   nfe_vs_steps_<toy>.md    energy distance per method, length and sampler (mean ± sd over seeds)
   nfe_vs_steps_<toy>.png   one panel per method: energy distance (log) against training steps
 Default: lengths 250 500 1000 2000 for twinflow-tutorial, rcgm and flow-matching, one seed, one
-thread: about 5 minutes of CPU time (measured: 21 min wall while four companion scripts shared a
-busy 2-core CPU). Time convention: see twinflow_min/transport.py.
+thread: 3.6 min wall on a 2-core CPU (measured with one other script on the second core). Time
+convention: see twinflow_min/transport.py.
 
     python toy/nfe_vs_steps.py
     python toy/nfe_vs_steps.py --lengths 500 4000 --methods twinflow-large rcgm --seeds 0 1

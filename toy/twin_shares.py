@@ -19,8 +19,8 @@ seeds. Writes, under --out (a new folder):
   twin_shares_<toy>.md    energy distance (mean ± sd over the seeds) per share at 1/2/4 NFE and a
                           50-step ODE, then every run
   twin_shares_<toy>.png   those means against the share, one line per sampler
-Default: 6 shares x 2 seeds x 1,000 steps, one thread: about 5-6 minutes of CPU time (measured:
-25 min wall while four companion scripts shared a busy 2-core CPU).
+Default: 6 shares x 2 seeds x 1,000 steps, one thread: 4.4 min wall on a 2-core CPU (measured with
+one other script on the second core).
 Time convention: see twinflow_min/transport.py.
 
     python toy/twin_shares.py                        # moons, shares 0 0.1 0.25 1/3 0.5 0.75
