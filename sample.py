@@ -20,7 +20,7 @@ recorded there; the adapters are merged into the base for sampling.
 Sample i depends only on (--seed, i): its noise and its sampler noise come from a generator of its
 own. Training checkpoints are sampled with their EMA weights by default (--weights auto); the
 official tutorial samples the student (--weights model). Outputs are never overwritten unless
---overwrite.
+--overwrite. Exit codes: 0 done, 2 refused input (one line on stderr), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -96,6 +96,9 @@ KNOB_FLAGS = {
     ),
     "cfg_interval": ("--cfg-interval", 2, ("LOW", "HIGH"), "model times where guidance applies"),
 }
+
+
+EXIT_REFUSED = 2  # a bad command line, file or checkpoint (the same code as train.py)
 
 
 class SampleError(Exception):
@@ -314,10 +317,13 @@ def _check_model(model, checkpoint: Path, class_label, options: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run sample.py; returns its results. A refused input prints one line "sample.py: error: ..."
+    on stderr and exits with 2 (as train.py); Ctrl-C exits with 130."""
     try:
         return run(build_parser().parse_args(argv))
     except (SampleError, CheckpointError) as error:
-        raise SystemExit(f"sample.py: error: {error}") from None
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_REFUSED) from None
     except KeyboardInterrupt:  # Ctrl-C: outputs are written whole at the end, so none is partial
         print("sample.py: stopped by Ctrl-C; nothing was written", file=sys.stderr)
         raise SystemExit(130) from None

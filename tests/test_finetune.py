@@ -39,7 +39,7 @@ def pretrained(tmp_path_factory):
     return out
 
 
-def test_image_free_finetune_then_sample_with_vae(pretrained, tmp_path):
+def test_image_free_finetune_then_sample_with_vae(pretrained, tmp_path, capsys):
     summary = train.main(["--pretrained", str(pretrained), "--image-free", "--max_train_steps", "3",
                           "--batch-size", "4", "--validation_every", "0",
                           "--output_dir", str(tmp_path)])
@@ -61,8 +61,10 @@ def test_image_free_finetune_then_sample_with_vae(pretrained, tmp_path):
     assert Image.open(png).size[0] >= 2 * 16  # 4 images of 16x16 (8x8 latents, one upsampling)
     sample.main([summary["run_dir"], "--nfe", "2", "--num", "3", "--out", str(npy)])
     assert np.load(npy).shape == (3, 4, 8, 8)
-    with pytest.raises(SystemExit, match="--vae"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
         sample.main([summary["run_dir"], "--num", "2", "--out", str(tmp_path / "raw.png")])
+    assert refused.value.code == 2 and "--vae" in capsys.readouterr().err
 
 
 def test_finetune_on_latents_file(pretrained, tmp_path):

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -160,26 +161,34 @@ def test_sample_py_samples_the_run_and_the_merged_file_alike(base, issue_run, tm
     assert not np.array_equal(np.load(first), np.load(student))  # EMA and student differ
 
 
-def test_sample_py_base_flag_errors_are_one_line(base, issue_run, tmp_path):
+def test_sample_py_base_flag_errors_are_one_line(base, issue_run, tmp_path, capsys):
     run_dir = issue_run[0]["run_dir"]
     out = str(tmp_path / "x.npy")
-    with pytest.raises(SystemExit, match="is a whole model, not a LoRA checkpoint.*drop --base"):
-        sample.main([str(base), "--num", "2", "--out", out, "--base", str(base)])
-    with pytest.raises(SystemExit, match="--base nowhere.safetensors: no such file"):
-        sample.main([run_dir, "--num", "2", "--out", out, "--base", "nowhere.safetensors"])
+
+    def refused(argv, pattern):
+        """sample.main(argv) exits with 2 after one stderr line that matches `pattern`."""
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            sample.main(argv)
+        error = capsys.readouterr().err
+        assert stop.value.code == 2 and error.count("\n") == 1 and re.search(pattern, error), error
+
+    refused([str(base), "--num", "2", "--out", out, "--base", str(base)],
+            "is a whole model, not a LoRA checkpoint.*drop --base")
+    refused([run_dir, "--num", "2", "--out", out, "--base", "nowhere.safetensors"],
+            "--base nowhere.safetensors: no such file")
     other = convert(tmp_path, seed=5)
-    with pytest.raises(SystemExit, match=r"has sha256 .* pass that file with --base FILE"):
-        sample.main([run_dir, "--num", "2", "--out", out, "--base", str(other)])
+    refused([run_dir, "--num", "2", "--out", out, "--base", str(other)],
+            r"has sha256 .* pass that file with --base FILE")
     moved = tmp_path / "moved.safetensors"
     shutil.copy(base, moved)
-    with pytest.raises(SystemExit) as error:  # the recorded base is gone: say where to point
-        hidden = base.with_suffix(".hidden")
-        base.rename(hidden)
-        try:
-            sample.main([run_dir, "--num", "2", "--out", out])
-        finally:
-            hidden.rename(base)
-    assert "is not there: give its place with --base FILE" in str(error.value)
+    hidden = base.with_suffix(".hidden")
+    base.rename(hidden)
+    try:  # the recorded base is gone: say where to point
+        refused([run_dir, "--num", "2", "--out", out],
+                "is not there: give its place with --base FILE")
+    finally:
+        hidden.rename(base)
     sample.main([run_dir, "--num", "2", "--out", out, "--base", str(moved)])
     assert np.load(out).shape == (2, 4, 8, 8)
 

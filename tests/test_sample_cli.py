@@ -1,8 +1,9 @@
 """sample.py at the command line (issues #13, #17): every sampler knob and preset, and one clear
 line for every bad input, never an overwritten file, never NaN samples from a broken checkpoint.
 
-Each refusal runs through `sample.main([...])` (the CLI's own entry) and must end in SystemExit with
-one line "sample.py: error: ..." naming the problem. Time convention: see twinflow_min/transport.py.
+Each refusal runs through `sample.main([...])` (the CLI's own entry) and must end in SystemExit(2)
+after one line "sample.py: error: ..." on stderr naming the problem. Time convention: see
+twinflow_min/transport.py.
 """
 
 import math
@@ -55,11 +56,14 @@ def conditional_run(tmp_path_factory):
     )
 
 
-def refuse(argv, message):
+def refuse(capsys, argv, message):
+    """sample.main(argv) exits with 2 after one stderr line "sample.py: error: ..." with message."""
+    capsys.readouterr()  # drop what earlier calls printed
     with pytest.raises(SystemExit) as caught:
         sample.main(argv)
-    text = str(caught.value.code)
-    assert text.startswith("sample.py: error: ") and "\n" not in text, text
+    text = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert text.startswith("sample.py: error: ") and text.count("\n") == 1, text
     assert message in text, text
     return text
 
@@ -138,7 +142,7 @@ CASES = {
     "kind, extra, message",
     [(kind, extra, message) for kind, cases in CASES.items() for extra, message in cases],
 )
-def test_refusals_are_one_line(toy_run, tmp_path, kind, extra, message):
+def test_refusals_are_one_line(toy_run, tmp_path, kind, extra, message, capsys):
     (tmp_path / "afile.npy").write_bytes(b"x")
     extra = [part.replace("{tmp}", str(tmp_path)) for part in extra]
     message = message.replace("{tmp}", str(tmp_path))
@@ -147,20 +151,20 @@ def test_refusals_are_one_line(toy_run, tmp_path, kind, extra, message):
         if any(part.startswith("--out") for part in extra)
         else ["--out", str(tmp_path / "s.npy")]
     )
-    refuse([toy_run["run_dir"], *out, *extra], message)
+    refuse(capsys, [toy_run["run_dir"], *out, *extra], message)
     assert not (tmp_path / "s.npy").exists()  # refused before any work
 
 
-def test_missing_checkpoint_is_one_line(tmp_path):
-    refuse([str(tmp_path / "nowhere"), "--out", str(tmp_path / "s.npy")], "nowhere")
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    refuse(capsys, [str(tmp_path / "nowhere"), "--out", str(tmp_path / "s.npy")], "nowhere")
 
 
-def test_never_overwrites(toy_run, tmp_path):
+def test_never_overwrites(toy_run, tmp_path, capsys):
     out = tmp_path / "s.npy"
     sample.main([toy_run["run_dir"], "--num", "3", "--out", str(out)])
     first = np.load(out)
     refuse(
-        [toy_run["run_dir"], "--num", "3", "--seed", "1", "--out", str(out)],
+        capsys, [toy_run["run_dir"], "--num", "3", "--seed", "1", "--out", str(out)],
         "exists; pass --overwrite",
     )
     np.testing.assert_array_equal(np.load(out), first)
@@ -168,7 +172,7 @@ def test_never_overwrites(toy_run, tmp_path):
     assert not np.array_equal(np.load(out), first)
 
 
-def test_default_output_leaves_training_files_alone(toy_run):
+def test_default_output_leaves_training_files_alone(toy_run, capsys):
     run_dir = toy_run["run_dir"]
     training_png = sorted(p.name for p in __import__("pathlib").Path(run_dir).glob("*.png"))
     before = {
@@ -178,10 +182,10 @@ def test_default_output_leaves_training_files_alone(toy_run):
     assert result["out"].endswith("samples/nfe2_seed7.png")
     for name, data in before.items():  # samples_nfe1.png & co. are the training run's, untouched
         assert (__import__("pathlib").Path(run_dir) / name).read_bytes() == data
-    refuse([run_dir, "--num", "5", "--nfe", "2", "--seed", "7"], "nfe2_seed7.png exists")
+    refuse(capsys, [run_dir, "--num", "5", "--nfe", "2", "--seed", "7"], "nfe2_seed7.png exists")
 
 
-def test_nonfinite_checkpoint_is_refused(toy_run, tmp_path):
+def test_nonfinite_checkpoint_is_refused(toy_run, tmp_path, capsys):
     path = tmp_path / "broken.safetensors"
     with safe_open(toy_run["checkpoint"], framework="pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -192,20 +196,21 @@ def test_nonfinite_checkpoint_is_refused(toy_run, tmp_path):
     tensors[key] = tensors[key].clone()
     tensors[key][0, 0] = math.nan
     save_file(tensors, str(path), metadata=metadata)
-    refuse([str(path), "--out", str(tmp_path / "s.npy")], "NaN/inf values")
+    refuse(capsys, [str(path), "--out", str(tmp_path / "s.npy")], "NaN/inf values")
     assert not (tmp_path / "s.npy").exists()
 
 
-def test_class_label_and_cfg_need_a_conditional_model(toy_run, conditional_run, tmp_path):
+def test_class_label_and_cfg_need_a_conditional_model(toy_run, conditional_run, tmp_path, capsys):
     refuse(
-        [toy_run["run_dir"], "--class-label", "1", "--out", str(tmp_path / "a.npy")],
+        capsys, [toy_run["run_dir"], "--class-label", "1", "--out", str(tmp_path / "a.npy")],
         "this model is unconditional",
     )
     refuse(
-        [toy_run["run_dir"], "--cfg-scale", "2", "--out", str(tmp_path / "a.npy")],
+        capsys, [toy_run["run_dir"], "--cfg-scale", "2", "--out", str(tmp_path / "a.npy")],
         "--cfg-scale needs a class-conditional model",
     )
     refuse(
+        capsys,
         [conditional_run["run_dir"], "--class-label", "5", "--out", str(tmp_path / "a.npy")],
         "--class-label must be in [0, 1]",
     )
@@ -315,7 +320,7 @@ def test_cli_error_has_no_traceback(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         "sample.py: error: --num must be an integer in [1, 9223372036854775807], got 0"
     ]
