@@ -8,9 +8,10 @@ MASTER_PORT), so code under test reads it exactly as under torchrun. `main(out_d
 
 Every rank runs the same checks and saves what it saw to OUT_DIR/rank<r>.pt; the test compares.
 The step under test is built from public pieces (twinflow_losses, flow_matching_loss,
-sample_training_inputs, EMATeacher) wrapped by twinflow_min.distributed, with the per-row draws made
-once per rank from the rank's generator (rank_seed) and shared with rank 0's single-process
-reference. Time convention: see twinflow_min/transport.py.
+sample_training_inputs, EMATeacher; for LoRA apply_lora and LoRATeacher) wrapped by
+twinflow_min.distributed, with the per-row draws made once per rank from the rank's generator
+(rank_seed) and shared with rank 0's single-process reference. Time convention: see
+twinflow_min/transport.py.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from twinflow_min.checkpoint import TWINFLOW_PREFIXES  # noqa: E402
 from twinflow_min.distributed import (  # noqa: E402
     PeerFailed,
     gather_rank_states,
@@ -37,6 +39,13 @@ from twinflow_min.distributed import (  # noqa: E402
     wrap_loss,
 )
 from twinflow_min.ema import EMATeacher  # noqa: E402
+from twinflow_min.lora import (  # noqa: E402
+    LoRATeacher,
+    apply_lora,
+    has_lora,
+    trainable_names,
+    trainable_parameters,
+)
 from twinflow_min.model import build_model  # noqa: E402
 from twinflow_min.twinflow import (  # noqa: E402
     TwinFlowOptions,
@@ -53,10 +62,32 @@ TINY_DIT = dict(input_size=8, patch_size=2, in_channels=3, num_classes=NUM_CLASS
 
 
 def make_student(kind: str, **overrides) -> torch.nn.Module:
+    """The toy MLP, a tiny DiT, or ("lora") a "pretrained" tiny DiT (every base weight drawn at
+    random, so no zero-initialised layer blocks a gradient) with rank-4 adapters on the default
+    targets, every B drawn at random too (as after some training, so A gets a gradient)."""
     torch.manual_seed(SEED)  # identical initialisation on every rank
     if kind == "toy":
         return build_model("toy", **overrides)
-    return build_model("CIFAR-T/2", **{**TINY_DIT, **overrides})
+    model = build_model("CIFAR-T/2", **{**TINY_DIT, **overrides})
+    if kind != "lora":
+        return model
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and not name.startswith(TWINFLOW_PREFIXES):
+                parameter.copy_(0.1 * torch.randn(parameter.shape))
+        for name in apply_lora(model, rank=4, seed=SEED):
+            lora_B = model.get_submodule(name).lora_B
+            lora_B.copy_(0.05 * torch.randn(lora_B.shape))
+    return model
+
+
+def make_teacher(student: torch.nn.Module, decay: float = 0.9):
+    """The EMA teacher train.py would build: over the trainable tensors only for a LoRA model."""
+    return (LoRATeacher if has_lora(student) else EMATeacher)(student, decay=decay)
+
+
+def trained_parameters(student: torch.nn.Module) -> list:
+    return trainable_parameters(student) if has_lora(student) else list(student.parameters())
 
 
 def draw(kind: str, recipe: str, generator: torch.Generator, micro_batches: int = 1) -> list:
@@ -118,10 +149,10 @@ def one_step_equivalence(run, kind: str, recipe: str, micro_batches: int) -> dic
     """Gradients of one DDP step (this rank's rows) vs one process on every rank's rows."""
     per_rank = [draw(kind, recipe, rank_generator(r), micro_batches) for r in range(run.world_size)]
     student = make_student(kind)
-    teacher = EMATeacher(student, decay=0.9)
+    teacher = make_teacher(student)
     teacher.update(student)
     mine = per_rank[run.rank]
-    module = wrap_loss(student, FixedDraws(recipe, mine, kind == "dit"), run)
+    module = wrap_loss(student, FixedDraws(recipe, mine, kind != "toy"), run)
     for micro_step, (x, y, _) in enumerate(mine):
         with micro_step_sync(module, micro_step, micro_batches):
             terms = module(teacher.teacher, x, y, micro_step=micro_step, step=0)
@@ -129,10 +160,10 @@ def one_step_equivalence(run, kind: str, recipe: str, micro_batches: int) -> dic
     ddp_grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.requires_grad}
 
     reference = make_student(kind)
-    ref_teacher = EMATeacher(reference, decay=0.9)
+    ref_teacher = make_teacher(reference)
     ref_teacher.update(reference)
     whole = cat_draws(per_rank)
-    objective = FixedDraws(recipe, whole, kind == "dit")
+    objective = FixedDraws(recipe, whole, kind != "toy")
     for micro_step, (x, y, _) in enumerate(whole):
         terms = objective(reference, ref_teacher.teacher, x, y, step=0, micro_step=micro_step)
         (terms["loss"] / micro_batches).backward()
@@ -141,38 +172,50 @@ def one_step_equivalence(run, kind: str, recipe: str, micro_batches: int) -> dic
 
 
 def train_few_steps(run, kind: str, recipe: str, steps: int = 3, micro_batches: int = 2,
-                    **model_overrides) -> dict:
+                    decay: float = 0.9, **model_overrides) -> dict:
     """A few AdamW steps with each rank's own draws; the state every rank ends with."""
     generator = rank_generator(run.rank)
     student = make_student(kind, **model_overrides)
-    teacher = EMATeacher(student, decay=0.9)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    objective = FixedDraws(recipe, [], kind == "dit")
+    initial = {name: value.clone() for name, value in student.state_dict().items()}
+    teacher = make_teacher(student, decay)
+    optimizer = torch.optim.AdamW(trained_parameters(student), lr=1e-3)
+    objective = FixedDraws(recipe, [], kind != "toy")
     module = wrap_loss(student, objective, run)
     reduces_per_micro_step: list[int] = []  # gradient buckets all-reduced in each micro-step
+    reduced_elements: list[int] = []  # and their gradient entries
     if run.enabled:
-        module.register_comm_hook(reduces_per_micro_step, counting_allreduce_hook)
+        module.register_comm_hook((reduces_per_micro_step, reduced_elements),
+                                  counting_allreduce_hook)
     for step in range(steps):
         teacher.update(student)
         objective.draws = draw(kind, recipe, generator, micro_batches)
         for micro_step, (x, y, _) in enumerate(objective.draws):
             reduces_per_micro_step.append(0)
+            reduced_elements.append(0)
             with micro_step_sync(module, micro_step, micro_batches):
                 terms = module(teacher.teacher, x, y, step, micro_step)
                 (terms["loss"] / micro_batches).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     teacher.update(student)
+    teacher_values = teacher.state_dict().get("teacher", {})  # LoRA: the trainable tensors
     return {"student": {k: v.clone() for k, v in student.state_dict().items()},
-            "teacher": {k: v.clone() for k, v in teacher.teacher.state_dict().items()},
+            "teacher": {k: v.clone() for k, v in teacher_values.items()},
+            "initial": initial,
+            "trained": trainable_names(student) if has_lora(student) else list(initial),
+            "grads": {n: p.grad for n, p in student.named_parameters()},
             "reduces": reduces_per_micro_step,
+            "reduced_elements": reduced_elements,
             "first_x": draw(kind, recipe, rank_generator(run.rank))[0][0]}
 
 
-def counting_allreduce_hook(counts: list, bucket):
-    """DDP's default all-reduce (mean over ranks), counting the buckets reduced per micro-step."""
+def counting_allreduce_hook(state: tuple, bucket):
+    """DDP's default all-reduce (mean over ranks), counting the buckets reduced per micro-step and
+    their entries."""
     import torch.distributed as dist
+    counts, elements = state
     counts[-1] += 1
+    elements[-1] += bucket.buffer().numel()
     tensor = bucket.buffer().div_(dist.get_world_size())
     return dist.all_reduce(tensor, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
@@ -240,11 +283,14 @@ def spawn(fn, world_size: int, *args, timeout: float = 240.0) -> None:
             raise TimeoutError(f"{world_size} processes still running after {timeout:.0f} s (hang)")
 
 
-def train_rank(out_dir: str, argv: list[str], nan_from_batch: int | None = None) -> None:
+def train_rank(out_dir: str, argv: list[str], nan_from_batch: int | None = None,
+               keep_state: bool = False) -> None:
     """train.main(argv) on this rank; its exit code and summary go to OUT_DIR/rank<r>.json, what
     it prints to OUT_DIR/rank<r>.out and rank<r>.err.
 
     nan_from_batch: rank 1's toy batches turn to NaN from that (0-based) batch on.
+    keep_state: what this rank holds when training ends goes to OUT_DIR/rank<r>.pt
+    (`keep_final_state`).
     """
     import json
 
@@ -264,6 +310,8 @@ def train_rank(out_dir: str, argv: list[str], nan_from_batch: int | None = None)
             return (x * float("nan"), y) if len(calls) > nan_from_batch else (x, y)
 
         data_sources.ToyData.next_batch = poisoned
+    if keep_state:
+        keep_final_state(train, Path(out_dir, f"rank{rank}.pt"))
     try:
         summary, code = train.main(argv), 0
     except SystemExit as stop:
@@ -271,6 +319,30 @@ def train_rank(out_dir: str, argv: list[str], nan_from_batch: int | None = None)
     sys.stdout.flush()
     sys.stderr.flush()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"code": code, "summary": summary}))
+
+
+def keep_final_state(train, path: Path) -> None:
+    """Make train.py save, when its loop ends, this rank's model (every tensor, base included),
+    which tensors require grad, which hold a gradient, and the teacher's state, to `path`."""
+    built = train.build_data_and_model
+    finish = train.finish
+    seen = {}
+
+    def build(*args, **kwargs):
+        data, model = built(*args, **kwargs)
+        seen["model"] = model
+        return data, model
+
+    def finish_and_save(cfg, stop, run_dir, path_, done, data, teacher, *rest):
+        model = seen["model"]
+        torch.save({"model": {k: v.clone() for k, v in model.state_dict().items()},
+                    "requires_grad": [n for n, p in model.named_parameters() if p.requires_grad],
+                    "with_grad": [n for n, p in model.named_parameters() if p.grad is not None],
+                    "teacher": teacher.state_dict()}, path)
+        return finish(cfg, stop, run_dir, path_, done, data, teacher, *rest)
+
+    train.build_data_and_model = build
+    train.finish = finish_and_save
 
 
 def main(out_dir: str) -> None:
@@ -282,6 +354,8 @@ def main(out_dir: str) -> None:
         for recipe in RECIPES:
             results[f"equal/{kind}/{recipe}"] = one_step_equivalence(run, kind, recipe, 1)
     results["equal/toy/tutorial/accumulate"] = one_step_equivalence(run, "toy", "tutorial", 2)
+    for recipe in ("tutorial", "large"):
+        results[f"equal/lora/{recipe}"] = one_step_equivalence(run, "lora", recipe, 1)
     results["timings"]["equivalence"] = time.perf_counter() - tic
     tic = time.perf_counter()
     for kind in ("toy", "dit"):
@@ -289,6 +363,13 @@ def main(out_dir: str) -> None:
             results[f"train/{kind}/{recipe}"] = train_few_steps(run, kind, recipe)
     results["train/dit/tutorial/checkpointing"] = train_few_steps(
         run, "dit", "tutorial", steps=2, micro_batches=1, gradient_checkpointing=True)
+    for recipe in ("tutorial", "large"):
+        results[f"train/lora/{recipe}"] = train_few_steps(run, "lora", recipe)
+    for name, decay in (("student-teacher", 0.0), ("frozen-teacher", 1.0)):
+        results[f"train/lora/tutorial/{name}"] = train_few_steps(run, "lora", "tutorial",
+                                                                 decay=decay)
+    results["train/lora/tutorial/checkpointing"] = train_few_steps(
+        run, "lora", "tutorial", steps=2, micro_batches=1, gradient_checkpointing=True)
     results["timings"]["training"] = time.perf_counter() - tic
     generator = rank_generator(run.rank)
     tensors, data_states = gather_rank_states(run, {"rng.train": generator.get_state()},

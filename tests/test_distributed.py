@@ -1,19 +1,22 @@
 """More than one process: DDP on CPU with gloo (twinflow_min/distributed.py, issue 15).
 
 Two processes (tests/ddp_worker.py, from a fork server) train the toy and a tiny class-conditional
-DiT with flow matching and both TwinFlow recipes. The single-process reference of the equivalence
-test runs the same public loss (twinflow_losses / flow_matching_loss) on every rank's rows at once.
-train.py itself runs under torchrun's environment for resume, NaN and world-size checks.
+DiT with flow matching and both TwinFlow recipes, and the DiT with LoRA adapters. The
+single-process reference of the equivalence test runs the same public loss (twinflow_losses /
+flow_matching_loss) on every rank's rows at once. train.py itself runs under torchrun's environment
+for resume, NaN and world-size checks, and for a LoRA run (model_type lora) and its resume.
 """
 
 import json
 import multiprocessing
 
-import ddp_worker
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
+import ddp_worker
+from twinflow_min.checkpoint import load_pretrained
 from twinflow_min.data_sources import SetupError
 from twinflow_min.distributed import (
     DistributedRun,
@@ -27,6 +30,7 @@ from twinflow_min.distributed import (
     start_distributed,
     wrap_loss,
 )
+from twinflow_min.lora import load_adapter, trainable_names
 from twinflow_min.model import build_model
 from twinflow_min.train_state import read_checkpoint
 
@@ -204,12 +208,14 @@ def toy_args(out, steps: int) -> list[str]:
             "--lr_decay_steps", "4"]
 
 
-def train_ranks(tmp_path, name: str, argv: list[str], world_size: int = 2, **options) -> list:
+def train_ranks(tmp_path, name: str, argv: list[str], world_size: int = 2,
+                nan_from_batch: int | None = None, keep_state: bool = False) -> list:
     """Exit code, summary, stdout and stderr of every rank of one `train.py` run under torchrun's
-    environment."""
+    environment (options: ddp_worker.train_rank's)."""
     out = tmp_path / f"ranks-{name}"
     out.mkdir()
-    ddp_worker.spawn(ddp_worker.train_rank, world_size, str(out), argv, *options.values())
+    ddp_worker.spawn(ddp_worker.train_rank, world_size, str(out), argv, nan_from_batch,
+                     keep_state)
     return [{**json.loads((out / f"rank{rank}.json").read_text()),
              "out": (out / f"rank{rank}.out").read_text(),
              "err": (out / f"rank{rank}.err").read_text()} for rank in range(world_size)]
@@ -286,3 +292,134 @@ def test_one_process_under_torchrun_equals_a_plain_run(tmp_path):
             assert torch.equal(value, b[part][key]), key
     assert metrics_rows(tmp_path / "ddp" / "toy-moons") == metrics_rows(tmp_path / "plain" /
                                                                         "toy-moons")
+
+
+# ------------------------------------------------------------------------ LoRA under DDP
+# A LoRA model's only trainable tensors are its adapters and the TwinFlow embedders; the frozen
+# base must stay out of DDP's reduction, and the EMA teacher (LoRATeacher, the shared base run with
+# the EMA's values) is called inside the DDP forward.
+
+LORA_CASES = ["lora/tutorial", "lora/large"]
+
+
+@needs_gloo
+@pytest.mark.parametrize("case", LORA_CASES)
+def test_lora_ddp_step_equals_one_step_on_the_whole_batch(ranks, case):
+    """Adapter and embedder gradients of DDP on two halves == one process on the whole batch."""
+    rank0, rank1 = ranks[0][f"equal/{case}"], ranks[1][f"equal/{case}"]
+    student = ddp_worker.make_student("lora")
+    assert sorted(rank0["ddp"]) == sorted(trainable_names(student))  # no base tensor
+    assert any(name.endswith(".lora_A") for name in rank0["ddp"])
+    for name, grad in rank0["ddp"].items():
+        assert grad.abs().sum() > 0, name  # every trained tensor takes part in the loss
+        assert torch.equal(grad, rank1["ddp"][name]), name
+        torch.testing.assert_close(grad, rank0["reference"][name], rtol=1e-5, atol=2e-6,
+                                   msg=lambda text, name=name: f"{case} {name}: {text}")
+    assert {"loss_base", "loss_adv", "loss_rectify"} <= set(rank0["loss_names"])
+
+
+@needs_gloo
+@pytest.mark.parametrize("case", LORA_CASES + [f"lora/tutorial/{name}" for name in (
+    "student-teacher", "frozen-teacher", "checkpointing")])
+def test_lora_ranks_end_with_identical_adapters_teacher_and_untouched_base(ranks, case):
+    """A few AdamW steps of a LoRA model under DDP (EMA teacher 0.9; decay 0: the student is the
+    teacher; decay 1: the base with adapters off; gradient checkpointing): every tensor equal on
+    both ranks, the trained ones moved, every base tensor as it started and without a gradient,
+    and only the trained tensors' entries all-reduced (once per optimizer step)."""
+    rank0, rank1 = ranks[0][f"train/{case}"], ranks[1][f"train/{case}"]
+    trained = set(rank0["trained"])
+    assert any(name.endswith(".lora_B") for name in trained)
+    for name, value in rank0["student"].items():
+        assert torch.equal(value, rank1["student"][name]), name
+        moved = not torch.equal(value, rank0["initial"][name])
+        assert moved == (name in trained), name  # adapters and embedders move, the base does not
+    assert rank0["teacher"].keys() == rank1["teacher"].keys()
+    assert set(rank0["teacher"]) == (set() if case.endswith("student-teacher") else trained)
+    for name, value in rank0["teacher"].items():
+        assert torch.equal(value, rank1["teacher"][name]), f"teacher {name}"
+        if case.endswith("frozen-teacher"):  # adapters off (B = 0), the rest as it started
+            start = torch.zeros_like(value) if name.endswith(".lora_B") else rank0["initial"][name]
+            assert torch.equal(value, start), f"teacher {name}"
+    frozen = [name for name in rank0["grads"] if name not in trained]
+    assert frozen and all(rank0["grads"][name] is None for name in frozen)
+    trained_entries = sum(rank0["student"][name].numel() for name in trained)
+    per_step = len(rank0["reduced_elements"]) // (2 if case.endswith("checkpointing") else 3)
+    assert rank0["reduced_elements"][per_step - 1::per_step] == [trained_entries] * (
+        len(rank0["reduced_elements"]) // per_step)
+    assert sum(rank0["reduced_elements"]) == trained_entries * (len(rank0["reduces"]) // per_step)
+
+
+def lora_args(base, out, steps: int) -> list[str]:
+    """A short image-free LoRA run of the tiny converted SiT, 2 micro-steps per step, EMA teacher
+    (default decay); the cosine learning rate decays over 4 steps however many this part trains."""
+    return ["--pretrained", str(base), "--image-free", "--model_type", "lora", "--lora_rank", "4",
+            "--device", "cpu", "--batch-size", "4", "--max_train_steps", str(steps),
+            "--gradient_accumulation_steps", "2", "--output_dir", str(out), "--run_name", "run",
+            "--validation_every", "0", "--checkpointing_steps", "0", "--eval_samples", "0",
+            "--log_every", "1", "--lr_schedule", "cosine", "--lr_decay_steps", "4"]
+
+
+@needs_gloo
+def test_lora_run_under_torchrun_and_its_resume(tmp_path):
+    """train.py --model_type lora under torchrun's environment, 2 processes (gloo).
+
+    Golden values: what each rank holds (equal across ranks), the base file loaded afresh, and an
+    uninterrupted run for the resume.
+    """
+    import sample
+    from test_lora_train import convert
+
+    base = convert(tmp_path)
+    whole = train_ranks(tmp_path, "whole", lora_args(base, tmp_path / "whole", 4), keep_state=True)
+    first = train_ranks(tmp_path, "first", lora_args(base, tmp_path / "part", 2))
+    run_dir = tmp_path / "part" / "run"
+    rest = train_ranks(tmp_path, "rest", ["--resume", str(run_dir), "--max_train_steps", "4"])
+    assert [rank["code"] for rank in whole + first + rest] == [0] * 6, whole[0]["err"]
+    held = [torch.load(tmp_path / "ranks-whole" / f"rank{rank}.pt") for rank in range(2)]
+
+    # both ranks hold the same model (base and adapters) and the same teacher values
+    for name, value in held[0]["model"].items():
+        assert torch.equal(value, held[1]["model"][name]), name
+    teachers = [state["teacher"]["teacher"] for state in held]
+    assert teachers[0].keys() == set(held[0]["requires_grad"])
+    for name, value in teachers[0].items():
+        assert torch.equal(value, teachers[1][name]), f"teacher {name}"
+    assert held[0]["teacher"]["num_updates"] == held[1]["teacher"]["num_updates"] == 5
+
+    # the frozen base: unchanged, no gradient; only adapters and TwinFlow embedders train
+    fresh = load_pretrained(base)[0].state_dict()
+    for name, value in fresh.items():
+        if not name.startswith(("t_tgt_embedder.", "t_sign_embedder.")):
+            assert torch.equal(held[0]["model"][name], value), f"base tensor {name} changed"
+    assert not set(held[0]["requires_grad"]) & {
+        name for name in fresh if not name.startswith(("t_tgt_embedder.", "t_sign_embedder."))}
+    assert held[0]["with_grad"] == held[1]["with_grad"] == []
+    assert held[0]["model"]["blocks.0.attn.qkv.lora_B"].abs().sum() > 0
+
+    # rank 0's checkpoint: an adapter file whose student and teacher are what the ranks hold
+    checkpoint = tmp_path / "whole" / "run" / "checkpoint.safetensors"
+    for weights, expected in (("model", held[0]["model"]), ("ema", teachers[0])):
+        model, info = load_adapter(checkpoint, weights=weights)
+        assert info.used == weights
+        loaded = model.state_dict()
+        for name in held[0]["requires_grad"]:
+            assert torch.equal(loaded[name], expected[name]), f"{weights} {name}"
+    out = tmp_path / "samples.npy"
+    sample.main([str(checkpoint.parent), "--nfe", "2", "--num", "2", "--out", str(out)])
+    assert np.load(out).shape == (2, 4, 8, 8) and np.isfinite(np.load(out)).all()
+
+    # 2 + 2 steps with a resume between them == 4 steps straight, bit for bit
+    a, b = read_checkpoint(checkpoint), read_checkpoint(run_dir)
+    assert a["info"]["step"] == b["info"]["step"] == 4
+    assert a["info"]["extra"]["world_size"] == 2
+    assert "rng.rank1.train" in a["rng"]
+    for part in ("model", "rng"):
+        assert a[part].keys() == b[part].keys()
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), key
+    assert a["ema"]["teacher"].keys() == b["ema"]["teacher"].keys() == teachers[0].keys()
+    for key, value in a["ema"]["teacher"].items():
+        assert torch.equal(value, b["ema"]["teacher"][key]), key
+    assert metrics_rows(tmp_path / "whole" / "run") == metrics_rows(run_dir)
+    assert not list(run_dir.glob("*.tmp*"))  # one writer (rank 0), no half-written file left
+    assert [rank["err"] == "" for rank in whole + first + rest] == [True] * 6

@@ -16,6 +16,8 @@ How TwinFlow's many student calls meet DDP (issue 15):
   gradient once. The teacher is a separate copy (not a
   submodule: DDP never sees it); with EMA decay 0 the teacher IS the student, called directly under
   no_grad inside the same forward, which records no graph and so adds nothing to the reduction.
+  A LoRA model's teacher (lora.py `LoRATeacher`) runs the student's own frozen base with the EMA's
+  adapter and embedder values (`torch.func.functional_call`), also under no_grad: no graph either.
 * Gradient accumulation: `micro_step_sync` puts every micro-step but the last under `no_sync()`,
   so the gradients are averaged across processes once per optimizer step.
 * find_unused_parameters=False: every trainable parameter enters every student call with
@@ -25,15 +27,18 @@ How TwinFlow's many student calls meet DDP (issue 15):
   A parameter left out would stop the next step with DDP's "Expected to have finished reduction"
   error; tests/test_distributed.py trains flow matching, both TwinFlow recipes and gradient
   checkpointing (use_reentrant=False: no "marked ready twice") for several steps, and shows that an
-  unused parameter is caught.
+  unused parameter is caught. LoRA (`model_type: lora`): DDP reduces only the tensors that require
+  grad, the adapters (on layers every row passes) and the TwinFlow embedders; the frozen base is
+  neither all-reduced nor given a gradient (tested with train.py and on the library pieces).
 * No buffer broadcast in each forward (broadcast_buffers=False): the model has no buffer that
   training changes (no batch norm; the position table is a frozen parameter, equal on every rank).
 
 Randomness: every rank seeds its own generators with `rank_seed(seed, rank)`; rank 0 uses `seed`
 itself, so `torchrun --nproc_per_node 1` draws exactly what `python train.py` draws. The model is
-initialised from `seed` on every rank (and DDP broadcasts rank 0's weights when it wraps the model),
-so the weights, the gradients after the all-reduce, and hence the EMA teacher are equal on all
-ranks.
+initialised from `seed` on every rank (a LoRA run: the base file, and the adapters' A from `seed`),
+so every rank starts with the same weights and builds the same EMA teacher from them; train.py
+builds the teacher before the DDP wrap, whose broadcast of rank 0's weights then changes nothing.
+The gradients after the all-reduce, hence the weights and the teacher, stay equal on all ranks.
 
 Failures: `guarded()` runs a block on every rank and then agrees, in one all-reduce of a flag, on
 whether any rank raised. If one did, every rank stops: the lowest failing rank re-raises its own
