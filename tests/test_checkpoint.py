@@ -319,7 +319,7 @@ def test_converter_errors_are_one_line(tmp_path, tool, capsys):
     out = tmp_path / "out.safetensors"
 
     def fails(source, *extra):
-        assert tool.main([str(source), str(out), "--convention", "repa", *extra]) == 1
+        assert tool.main([str(source), str(out), "--convention", "repa", *extra]) == 2
         message = capsys.readouterr().err.strip()
         assert message.startswith("convert_checkpoint: error:") and "\n" not in message
         return message
@@ -354,7 +354,7 @@ def test_converter_refusals_at_the_door(tmp_path, tool, capsys):
     out = tmp_path / "out.safetensors"
 
     def fails(*args):
-        assert tool.main([str(source), str(out), "--convention", "repa", *args]) == 1
+        assert tool.main([str(source), str(out), "--convention", "repa", *args]) == 2
         message = capsys.readouterr().err.strip()
         assert message.startswith("convert_checkpoint: error:") and "\n" not in message
         return message
@@ -376,7 +376,7 @@ def test_converter_refusals_at_the_door(tmp_path, tool, capsys):
     assert not list(tmp_path.glob("*.tmp"))
     folder = tmp_path / "folder"
     folder.mkdir()
-    assert tool.main([str(source), str(folder), "--convention", "repa"]) == 1
+    assert tool.main([str(source), str(folder), "--convention", "repa"]) == 2
     assert "is a folder" in capsys.readouterr().err
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -391,7 +391,7 @@ def test_converter_refusals_at_the_door(tmp_path, tool, capsys):
                 "2",
             ]
         )
-        == 1
+        == 2
     )
     assert "cannot write" in capsys.readouterr().err
     torch.save(
@@ -401,7 +401,7 @@ def test_converter_refusals_at_the_door(tmp_path, tool, capsys):
         tool.main(
             [str(tmp_path / "other.pt"), str(tmp_path / "o.safetensors"), "--convention", "sit"]
         )
-        == 1
+        == 2
     )
     assert "is not a DiT/SiT checkpoint" in capsys.readouterr().err
 
@@ -410,7 +410,7 @@ def test_converter_refusals_at_the_door(tmp_path, tool, capsys):
 def test_converter_unreadable_input(tmp_path, tool, capsys):
     source, _ = write_source(tmp_path, "repa")
     source.chmod(0)
-    assert tool.main([str(source), str(tmp_path / "o.safetensors"), "--convention", "repa"]) == 1
+    assert tool.main([str(source), str(tmp_path / "o.safetensors"), "--convention", "repa"]) == 2
     assert "permission denied" in capsys.readouterr().err
 
 

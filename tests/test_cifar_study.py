@@ -76,7 +76,7 @@ def _metric_rows(run_dir: Path) -> dict:
     return {row["step"]: row for row in map(json.loads, lines)}
 
 
-def test_refusals_are_one_line(tmp_path):
+def test_refusals_are_one_line(tmp_path, capsys):
     data = _class_folders(tmp_path / "data", 2, 0)
     base = ["--train-data", str(data), "--test-data", str(data)]
     cases = [
@@ -89,9 +89,10 @@ def test_refusals_are_one_line(tmp_path):
     for extra, words in cases:
         with pytest.raises(SystemExit) as stop:
             study.main(base + extra)
-        message = str(stop.value)
+        message = capsys.readouterr().err
+        assert stop.value.code == 2
         assert message.startswith("cifar_study.py: error:") and words in message
-        assert "\n" not in message
+        assert message.count("\n") == 1
     assert not (tmp_path / "s").exists()
 
 

@@ -449,11 +449,11 @@ def test_merge_tool_writes_a_plain_model_file(trained_run, tmp_path, capsys):
         scale = expected.abs().max().item()  # float32 rounding of a merged vs unmerged network
         torch.testing.assert_close(merged(x_t, t, t_tgt, y), expected, rtol=0, atol=2e-6 * scale)
     capsys.readouterr()
-    assert merge_tool.main([str(adapter_path), str(out)]) == 1
+    assert merge_tool.main([str(adapter_path), str(out)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert "--overwrite" in error
-    assert merge_tool.main([str(adapter_path), str(base_path), "--overwrite"]) == 1
+    assert merge_tool.main([str(adapter_path), str(base_path), "--overwrite"]) == 2
     assert "base file" in capsys.readouterr().err
     assert merge_tool.main([str(adapter_path), str(out), "--overwrite", "--weights", "model"]) == 0
 
@@ -478,7 +478,7 @@ def test_merge_tool_command_line_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "merge_lora.py"),
                              str(tmp_path / "missing.safetensors"), str(out)],
                             capture_output=True, text=True, cwd=REPO_ROOT)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith("merge_lora: error: ")
     assert result.stderr.count("\n") == 1
     assert not out.exists()

@@ -622,7 +622,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return run(checked_args(argv))
     except StudyError as error:
-        raise SystemExit(f"cifar_study.py: error: {error}") from None
+        print(f"cifar_study.py: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None  # refused input, as train.py and sample.py
 
 
 def run(args) -> dict:

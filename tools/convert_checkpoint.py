@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except CheckpointError as error:
         print(f"convert_checkpoint: error: {error}", file=sys.stderr)
-        return 1
+        return 2  # refused input, as train.py and sample.py
     print(
         f"wrote {args.output}: {summary['architecture']}, {summary['tensors']} tensors, "
         f"{summary['parameters']:,} parameters, {args.dtype}, weights from {summary['weights']!r}"

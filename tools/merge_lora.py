@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = merge_to_file(args.adapter, args.output, args.base, args.weights, args.overwrite)
     except (CheckpointError, ValueError, OSError) as error:
         print(f"merge_lora: error: {error}", file=sys.stderr)
-        return 1
+        return 2  # refused input, as train.py and sample.py
     print(f"wrote {args.output}: {summary['layers']} layers merged (rank {summary['rank']}, alpha "
           f"{summary['alpha']:g}, {summary['weights']} weights) into {summary['base']}, "
           f"{summary['tensors']} tensors")
