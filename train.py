@@ -333,8 +333,7 @@ def finish(cfg, stop, run_dir, path, done, data, teacher, trajectory, run) -> di
     history = read_metrics(run_dir)
     if history:
         loss_curves_png(run_dir / "loss_curves.png", history)
-    if trajectory.count:
-        trajectory.write(run_dir / "trajectory_map.png")
+    trajectory.write(run_dir / "trajectory_map.png")
     if stop.requested:
         print(f"stopped by {SIGNAL_NAMES[stop.signum]} after step {done}; checkpoint written to "
               f"{path}. {next_command(cfg, done, run_dir)}")

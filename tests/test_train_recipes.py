@@ -111,6 +111,17 @@ def test_twinflow_start_step_resumes_exactly_across_it(tmp_path, monkeypatch, ca
     assert without_timing(metric_rows(tmp_path / "part")) == without_timing(rows)
 
 
+def test_validation_before_the_start_step_draws_no_empty_trajectory_map(tmp_path):
+    # validation at step 2 comes before any TwinFlow row was logged (K = 3): no map yet, no error
+    train.main(toy_args(tmp_path, "--twinflow_start_step", "3", "--max_train_steps", "4",
+                        "--validation_every", "2", name="early"))
+    assert sorted(p.name for p in (tmp_path / "early" / "validation").iterdir()) == [
+        "step_0000002.png", "step_0000004.png"]
+    assert (tmp_path / "early" / "trajectory_map.png").stat().st_size > 0  # drawn from step 4
+    assert TrajectoryLog().write(tmp_path / "empty.png") is None
+    assert not (tmp_path / "empty.png").exists()
+
+
 def test_the_teacher_starts_again_from_the_student_at_the_start_step():
     cfg = resolve_config(["--toy", "moons", "--twinflow_start_step", "3", "--max_train_steps", "6"])
     model = build_model("toy")

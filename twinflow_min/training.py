@@ -326,7 +326,11 @@ class TrajectoryLog:
             t_all, tgt_all = torch.cat(self.t)[::2], torch.cat(self.t_tgt)[::2]
             self.t, self.t_tgt, self.count = [t_all], [tgt_all], t_all.numel()
 
-    def write(self, path: Path) -> Path:
+    def write(self, path: Path) -> Path | None:
+        """The map as a PNG at `path`; nothing (None) while no TwinFlow row was logged yet
+        (flow matching before twinflow_start_step logs none)."""
+        if not self.count:
+            return None
         return trajectory_map_png(path, torch.cat(self.t), torch.cat(self.t_tgt),
                                   title=f"(t, t_tgt) of the rows trained with gradient "
                                         f"({self.count} shown)")
