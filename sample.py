@@ -54,6 +54,7 @@ from twinflow_min.data import load_dataset, sample_toy
 from twinflow_min.evaluate import ODE_OPTIONS
 from twinflow_min.lora import is_adapter_file, load_adapter, merge_lora
 from twinflow_min.plots import image_grid_png, scatter_png
+from twinflow_min.run_dir import training_dataset
 from twinflow_min.sampler import (
     KNOB_DEFAULTS,
     PRESET_SOURCES,
@@ -62,7 +63,6 @@ from twinflow_min.sampler import (
     preset_for_nfe,
     ucgm_sample,
 )
-from twinflow_min.run_dir import training_dataset
 from twinflow_min.train_state import CHECKPOINT_NAME
 
 OUTPUT_DIR = (

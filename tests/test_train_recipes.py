@@ -7,8 +7,8 @@ import importlib.util
 import json
 import math
 import os
-import signal
 import shutil
+import signal
 from pathlib import Path
 
 import pytest

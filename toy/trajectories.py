@@ -35,7 +35,6 @@ from twinflow_min.plots import scatter_png, trajectories_png  # noqa: E402
 from twinflow_min.run_dir import training_dataset  # noqa: E402
 from twinflow_min.transport import invert  # noqa: E402
 
-
 SCRIPT = "trajectories.py"
 OUTPUTS = ("trajectories_paths.png", "trajectories_ends.png")
 
@@ -80,6 +79,8 @@ def main(argv: list[str] | None = None) -> Path:
     if toy not in TOY_DATASETS:
         fail(SCRIPT, f"{checkpoint} does not say which toy it was trained on; add --toy NAME")
     out_dir = Path(args.out) if args.out else checkpoint.parent
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(SCRIPT, f"--out {out_dir} is a file; give a folder")
     taken = [name for name in OUTPUTS if (out_dir / name).exists()]
     if taken and not args.overwrite:
         fail(SCRIPT, f"{out_dir} already holds {', '.join(taken)}; pass --overwrite or choose "

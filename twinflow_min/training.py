@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import signal
 import threading
@@ -34,7 +33,6 @@ from twinflow_min.train_state import (
     save_checkpoint,
 )
 from twinflow_min.twinflow import TwinFlowOptions
-
 
 # --------------------------------------------------------------------------------------------
 # Errors and stops
