@@ -170,9 +170,10 @@ def test_explicit_zeros_and_false_stay_as_given(tmp_path):
     cfg = from_file(tmp_path, **zeros)
     assert {key: getattr(cfg, key) for key in zeros} == zeros
     path = write_config(tmp_path, validation_every=100, twinflow_adversarial_weight=2.0, seed=5)
-    cfg = resolve_config(["--config", path, "--validation_every", "0",
-                          "--twinflow_adversarial_weight", "0.0", "--seed", "0",
-                          "--twinflow_adversarial_enabled", "false"])
+    with pytest.warns(ConfigWarning, match="no fake branch"):  # weight 0 of a branch that is off
+        cfg = resolve_config(["--config", path, "--validation_every", "0",
+                              "--twinflow_adversarial_weight", "0.0", "--seed", "0",
+                              "--twinflow_adversarial_enabled", "false"])
     assert (cfg.validation_every, cfg.twinflow_adversarial_weight, cfg.seed) == (0, 0.0, 0)
     assert cfg.twinflow_adversarial_enabled is False
     preset = resolve_config(["--twinflow_adversarial_enabled", "false"])

@@ -204,6 +204,23 @@ def test_twinflow_settings_without_twinflow_get_one_note():
     assert "twinflow_estimate_order" in note and "twinflow_adversarial_weight" in note
 
 
+def test_fake_branch_settings_without_the_fake_branch_get_one_note():
+    # tutorial recipe: the 1 -> 0 consistency term belongs to the fake branch (twin_branch_on)
+    note = only_note(["--toy", "moons", "--twinflow_adversarial_enabled", "false",
+                      "--twinflow_consistency_weight", "2", "--twinflow_rectify_weight", "3"])
+    assert note == ("twinflow_adversarial_enabled is false (no fake branch): "
+                    "twinflow_rectify_weight, twinflow_consistency_weight are not used; "
+                    "set twinflow_adversarial_enabled: true to train it")
+    # large recipe: its consistency rows are e2e base rows, trained without the fake branch
+    note = only_note(["--toy", "moons", "--twinflow_recipe", "large", "--twinflow_group_proportions",
+                      "[1, 1, 1, 0]", "--twinflow_adversarial_enabled", "false",
+                      "--twinflow_consistency_weight", "2", "--twinflow_adversarial_weight", "3"])
+    assert "twinflow_adversarial_weight is not used" in note
+    assert "consistency" not in note
+    assert resolve_config_with_notes(["--toy", "moons", "--twinflow_adversarial_enabled",
+                                      "false", "--twinflow_realvel_weight", "0"])[1] == []
+
+
 def test_twinflow_start_step_without_twinflow_is_refused():
     message = refused(["--twinflow_enabled", "false", "--twinflow_start_step", "5"])
     assert message.startswith("twinflow_start_step = 5 ") and "twinflow_enabled: true" in message

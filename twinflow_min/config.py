@@ -134,7 +134,8 @@ class TrainConfig:
     twinflow_allow_diff2flow: bool = _field(
         False, "let epsilon / v-prediction models in through diff2flow")
     twinflow_adversarial_enabled: bool = _twinflow_field(
-        "twinflow_adversarial_enabled", "the fake (twin) branch: L_adv and L_rectify")
+        "twinflow_adversarial_enabled", "the fake (twin) branch: L_adv, L_rectify and (tutorial "
+        "recipe) the 1->0 consistency term")
     twinflow_adversarial_weight: float = _twinflow_field(
         "twinflow_adversarial_weight", "weight of L_adv (flow matching on the fake branch)")
     twinflow_rectify_weight: float = _twinflow_field(
@@ -461,6 +462,14 @@ LOW, HIGH = TARGET_STEPS_ALLOWED
 TWINFLOW_ONLY = tuple(key for key in FIELDS if key.startswith("twinflow_")
                       and key not in ("twinflow_enabled", "twinflow_image_free"))
 LORA_KEYS = tuple(key for key in FIELDS if key.startswith("lora_"))
+# keys read only by the fake (twin) branch, per recipe: twinflow_adversarial_enabled false leaves
+# them unused (the tutorial recipe's 1 -> 0 consistency term is part of its fake branch)
+FAKE_BRANCH_KEYS = {
+    "tutorial": ("twinflow_adversarial_weight", "twinflow_rectify_weight", "twinflow_rectify_clip",
+                 "twinflow_consistency_weight"),
+    "large": ("twinflow_adversarial_weight", "twinflow_rectify_weight", "twinflow_rectify_clip",
+              "twinflow_dist_match_cof"),
+}
 
 
 # ---------------------------------------------------------------- validation
@@ -614,6 +623,11 @@ def _unused_notes(cfg: TrainConfig, written=None) -> list[str]:
     if twinflow and not cfg.twinflow_enabled:
         notes.append(f"twinflow_enabled is false (plain flow matching): {_not_used(twinflow)}; "
                      "set twinflow_enabled: true to train with TwinFlow")
+        return notes
+    fake_branch = written_changes(FAKE_BRANCH_KEYS.get(cfg.twinflow_recipe, ()))
+    if fake_branch and not cfg.twinflow_adversarial_enabled:
+        notes.append(f"twinflow_adversarial_enabled is false (no fake branch): "
+                     f"{_not_used(fake_branch)}; set twinflow_adversarial_enabled: true to train it")
     return notes
 
 
