@@ -41,12 +41,26 @@ def test_scatter_size_mode_and_parent_dirs(tmp_path):
         ("1 NFE", {"data": torch.randn(50, 2), "samples": np.zeros((50, 2))}),
         ("2 NFE", {"data": torch.randn(50, 2), "samples": torch.randn(50, 2, dtype=torch.float64)}),
     ]
-    out = plots.scatter_png(tmp_path / "a" / "b" / "s.png", panels, title="t", size=200)
+    out = plots.scatter_png(tmp_path / "a" / "b" / "s.png", panels, title="t", size=300)
     assert out == tmp_path / "a" / "b" / "s.png"
     with Image.open(out) as image:
-        # width = panels * size; height = FIGURE_TITLE_HEIGHT 30 + PANEL_TITLE_HEIGHT 24 + side (200
-        # - 44 - 14) + PANEL_BOTTOM 44
-        assert image.mode == "RGB" and image.size == (400, 30 + 24 + 142 + 44)
+        # width = panels * size; height = FIGURE_TITLE_HEIGHT 30 + PANEL_TITLE_HEIGHT 24 + side (300
+        # - 44 - 14) + PANEL_BOTTOM 44 (the legend fits on one line)
+        assert image.mode == "RGB" and image.size == (600, 30 + 24 + 242 + 44)
+
+
+def test_a_long_legend_wraps_inside_its_panel(tmp_path):
+    long_names = {"data": torch.zeros(5, 2), "one-step samples z - F(z, 1, 0)": torch.zeros(5, 2),
+                  "fake ODE ends after fifty Euler steps": torch.full((5, 2), 9.0)}
+    out = plots.scatter_png(tmp_path / "s.png", [("a", long_names), ("b", long_names)], size=300)
+    with Image.open(out) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    one_line_height = 24 + 242 + 44
+    extra = pixels.shape[0] - one_line_height
+    assert extra > 0 and extra % plots.LEGEND_ROW == 0  # whole legend rows were added below
+    legend_area = pixels[24 + 242 + 20:]  # below the x tick labels
+    for right_edge in (300, 600):  # each panel's legend ends before the panel's right edge
+        assert (legend_area[:, right_edge - 3:right_edge] == 255).all()
 
 
 def test_scatter_point_lands_on_documented_pixel(tmp_path):

@@ -31,6 +31,7 @@ BACKGROUND, INK, FRAME, GRID = (255, 255, 255), (30, 30, 30), (70, 70, 70), (232
 FIGURE_TITLE_HEIGHT, PANEL_TITLE_HEIGHT = 30, 24
 PANEL_LEFT, PANEL_RIGHT, PANEL_BOTTOM = 44, 14, 44
 FONT_SMALL, FONT_MEDIUM, FONT_LARGE = 12, 13, 15
+LEGEND_ROW = FONT_MEDIUM + 6  # height of one line of a "below" legend
 PIXEL_CLIP = 20_000  # clip far-away pixel coordinates before handing them to ImageDraw
 
 
@@ -197,11 +198,14 @@ class Axes:
         """Swatch + name rows in a white box at the top-right / top-left corner, or one line "below"
         the plot."""
         if corner == "below":  # under the x tick labels, left to right: never hides data
-            x, y = self.left, self.top + self.height + 30
-            for name, colour in entries:
-                draw.rectangle([x, y - 4, x + 10, y + 4], fill=colour)
-                draw_text(draw, (x + 15, y), name, FONT_MEDIUM, "lc")
-                x += text_width(name, FONT_MEDIUM) + 28
+            y = self.top + self.height + 30
+            for line in legend_lines(entries, self.width + PANEL_RIGHT):
+                x = self.left
+                for name, colour in line:
+                    draw.rectangle([x, y - 4, x + 10, y + 4], fill=colour)
+                    draw_text(draw, (x + 15, y), name, FONT_MEDIUM, "lc")
+                    x += text_width(name, FONT_MEDIUM) + 28
+                y += LEGEND_ROW
             return
         row, width = FONT_MEDIUM + 6, max(text_width(name, FONT_MEDIUM) for name, _ in entries) + 30
         x0, y0 = (
@@ -261,11 +265,25 @@ def stamp(
     flat[pixels] = np.rint(blended).astype(np.uint8)
 
 
+def legend_lines(entries: list[tuple[str, tuple]], max_width: int) -> list[list]:
+    """Entries (name, colour) of a "below" legend split into lines of at most `max_width` pixels
+    (an entry wider than that gets a line of its own)."""
+    lines, width = [[]], 0
+    for name, colour in entries:
+        entry_width = text_width(name, FONT_MEDIUM) + 28  # swatch, gap, name, spacing
+        if lines[-1] and width + entry_width - 13 > max_width:
+            lines.append([])
+            width = 0
+        lines[-1].append((name, colour))
+        width += entry_width
+    return lines
+
+
 def square_panels(
-    panel_titles: list, size: int, limits, title: str | None
+    panel_titles: list, size: int, limits, title: str | None, legend_rows: int = 1
 ) -> tuple[Image.Image, list]:
     """A row of square panels sharing `limits` on both axes (layout: PANEL_* constants); grids
-    drawn."""
+    drawn. `legend_rows` > 1 adds room below for a "below" legend of that many lines."""
     lo, hi = float(limits[0]), float(limits[1])
     if not hi > lo:
         raise ValueError(f"limits must be (low, high) with low < high, got {limits}")
@@ -277,7 +295,8 @@ def square_panels(
         size - PANEL_LEFT - PANEL_RIGHT,
         (FIGURE_TITLE_HEIGHT if title else 0) + PANEL_TITLE_HEIGHT,
     )
-    image = Image.new("RGB", (size * len(panel_titles), top + side + PANEL_BOTTOM), BACKGROUND)
+    bottom = PANEL_BOTTOM + (max(legend_rows, 1) - 1) * LEGEND_ROW
+    image = Image.new("RGB", (size * len(panel_titles), top + side + bottom), BACKGROUND)
     draw, axes_list = ImageDraw.Draw(image), []
     draw_title(draw, image.width, title)
     for k, panel_title in enumerate(panel_titles):

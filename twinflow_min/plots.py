@@ -37,6 +37,7 @@ from twinflow_min.canvas import (  # noqa: F401
     FRAME,
     GRID,
     INK,
+    LEGEND_ROW,
     PANEL_BOTTOM,
     PANEL_LEFT,
     PANEL_RIGHT,
@@ -46,6 +47,7 @@ from twinflow_min.canvas import (  # noqa: F401
     as_array,
     data_range,
     draw_text,
+    legend_lines,
     draw_title,
     save_png,
     square_panels,
@@ -102,11 +104,10 @@ def scatter_png(
         raise ValueError(
             "panels must be a non-empty list of (panel_title, {series_name: (N, 2) points})"
         )
-    image, axes_list = square_panels([p[0] for p in panels], size, limits, title)
-    lo, hi = axes_list[0].xlim
-    canvas, legends = np.array(image), []  # (H, W, 3) uint8
-    for k, ((_, series), axes) in enumerate(zip(panels, axes_list)):
-        colours, entries = iter(PALETTE * (1 + len(series) // len(PALETTE))), []
+    lo, hi = float(limits[0]), float(limits[1])
+    drawn = []  # per panel: [(points, shown mask, colour)], legend entries
+    for k, (_, series) in enumerate(panels):
+        colours, layers, entries = iter(PALETTE * (1 + len(series) // len(PALETTE))), [], []
         for name, values in sorted(
             series.items(), key=lambda item: str(item[0]).lower() not in DATA_NAMES
         ):
@@ -126,10 +127,17 @@ def scatter_png(
             entries.append(
                 (f"{name} ({len(points)}" + (f", {hidden} off-plot)" if hidden else ")"), colour)
             )
+            layers.append((points, shown, colour))
+        drawn.append((layers, entries))
+    legend_width = size - PANEL_LEFT  # the plot square and the right margin
+    rows = max(len(legend_lines(entries, legend_width)) for _, entries in drawn)
+    image, axes_list = square_panels([p[0] for p in panels], size, limits, title, rows)
+    canvas = np.array(image)  # (H, W, 3) uint8
+    for (layers, _), axes in zip(drawn, axes_list):
+        for points, shown, colour in layers:
             stamp(canvas, *axes.to_pixels(points[shown, 0], points[shown, 1]), colour, point_size)
-        legends.append(entries)
     image = Image.fromarray(canvas)
-    for axes, entries in zip(axes_list, legends):
+    for (_, entries), axes in zip(drawn, axes_list):
         axes.draw_frame(image)
         if entries:
             axes.legend(ImageDraw.Draw(image), entries, corner="below")
