@@ -31,8 +31,11 @@ import sys
 
 
 def _stopped_while_importing(signum, frame):
-    print("sample.py: stopped by Ctrl-C during start-up; nothing was written", file=sys.stderr,
-          flush=True)
+    print(
+        "sample.py: stopped by Ctrl-C during start-up; nothing was written",
+        file=sys.stderr,
+        flush=True,
+    )
     os._exit(128 + signum)
 
 
@@ -40,6 +43,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load: one line, no 
     signal.signal(signal.SIGINT, _stopped_while_importing)
 
 import argparse  # noqa: E402 (the handler above comes first)
+import hashlib
 import json
 from pathlib import Path
 
@@ -54,12 +58,15 @@ from twinflow_min.data import load_dataset, sample_toy
 from twinflow_min.evaluate import ODE_OPTIONS
 from twinflow_min.lora import is_adapter_file, load_adapter, merge_lora
 from twinflow_min.plots import image_grid_png, scatter_png
-from twinflow_min.run_dir import training_dataset
+from twinflow_min.run_dir import SUMMARY_NAME, training_dataset
 from twinflow_min.sampler import (
     KNOB_DEFAULTS,
+    MAX_STEPS,
     PRESET_SOURCES,
     PRESETS,
     SDE,
+    grid_intervals,
+    inert_knobs,
     preset_for_nfe,
     ucgm_sample,
 )
@@ -79,7 +86,12 @@ KNOB_FLAGS = {
         "1|2",
         "2 = our Heun-type corrector (docs/math.md#official-differences)",
     ),
-    "stochastic_ratio": ("--stochastic-ratio", None, "RHO", "re-noising ratio in [0, 1] or SDE"),
+    "stochastic_ratio": (
+        "--stochastic-ratio",
+        None,
+        "RHO",
+        "re-noising ratio in [0, 1], or SDE (any case)",
+    ),
     "extrapolation_ratio": (
         "--extrapolation-ratio",
         None,
@@ -94,8 +106,16 @@ KNOB_FLAGS = {
         "W",
         "classifier-free guidance (0 = off; TwinFlow models: 0)",
     ),
-    "cfg_interval": ("--cfg-interval", 2, ("LOW", "HIGH"), "model times where guidance applies"),
+    "cfg_interval": (
+        "--cfg-interval",
+        2,
+        ("LOW", "HIGH"),
+        "model times where guidance applies (needs --cfg-scale > 0)",
+    ),
 }
+# UCGM `uni_sample` docstring: extrapolation ratio "recommended range for multi-step models:
+# [0.2, 0.6]"; neither it nor TwinFlow's `sampling_loop` refuses any value >= 0.
+EXTRAPOLATION_RECOMMENDED = (0.2, 0.6)
 
 
 EXIT_REFUSED = 2  # a bad command line, file or checkpoint (the same code as train.py)
@@ -116,7 +136,10 @@ def _preset_table() -> str:
         f"  ({PRESET_SOURCES[name]})"
         for name, options in PRESETS.items()
     ]
-    return "presets (--preset NAME; knob flags override them):\n" + "\n".join(rows)
+    return (
+        "presets (--preset NAME, or --nfe 1 / 2 / 4 for 1nfe / 2nfe / 4nfe; knob flags such as "
+        "--steps override them):\n" + "\n".join(rows)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--nfe",
-        help="network evaluations: 1, 2, 4 = the official presets, other N a "
-        "few-step grid (default 1 when neither --preset nor --ode)",
+        metavar="N",
+        help="--nfe N = the official N-NFE preset for N = 1, 2, 4 (1nfe, 2nfe, 4nfe), a few-step "
+        "grid of N steps for other N; knob flags such as --steps override it, as they override "
+        "--preset (default 1 when neither --preset nor --ode)",
     )
     parser.add_argument("--ode", action="store_true", help="the 50-step ODE of training evaluation")
     for name, (flag, nargs, metavar, text) in KNOB_FLAGS.items():
@@ -151,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", default="500", help="samples per model call (default 500)")
     parser.add_argument(
         "--out",
-        help=f"output .npy (float32 samples) or .png (scatter / image grid); "
-        f"default <run>/{OUTPUT_DIR}/<sampler>_seed<S>.png",
+        help=f"output .npy (float32 samples) or .png (scatter / image grid); default "
+        f"<run>/{OUTPUT_DIR}/<preset>_seed<S>.png, or custom-<hash>_seed<S>.png when the "
+        f"settings match no preset (the printed JSON lists them)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument(
@@ -201,13 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------- Checks at the door: every value is parsed and checked here, once ----------
 
 
-def _integer(text, flag: str, minimum: int) -> int:
+def _integer(text, flag: str, minimum: int, maximum: int = INT64_MAX) -> int:
     try:
         value = int(text)
     except (TypeError, ValueError):
         raise SampleError(f"{flag} must be an integer, got {text!r}") from None
-    if not is_count(value, minimum=minimum):
-        raise SampleError(f"{flag} must be an integer in [{minimum}, {INT64_MAX}], got {text}")
+    in_range = is_count(value, minimum=minimum) and value <= maximum
+    if not in_range:
+        raise SampleError(f"{flag} must be an integer in [{minimum}, {maximum}], got {text}")
+    return value
+
+
+def _order(text) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = None
+    if value not in (1, 2):
+        raise SampleError(f"--order must be 1 or 2, got {text!r}")
     return value
 
 
@@ -223,19 +260,52 @@ def _number(text, flag: str) -> float:
 
 def _knob(name: str, raw):
     flag = KNOB_FLAGS[name][0]
-    if name == "steps" or name == "order":
-        return _integer(raw, flag, 1)
+    if name == "steps":
+        return _integer(raw, flag, 1, MAX_STEPS)
+    if name == "order":
+        return _order(raw)
     if name == "style":
         return raw
     if name == "stochastic_ratio":
-        return SDE if raw == SDE else _number(raw, flag)
+        return SDE if str(raw).upper() == SDE else _number(raw, flag)
     if isinstance(raw, list):
         return tuple(_number(value, flag) for value in raw)
     return _number(raw, flag)
 
 
+def _named_settings() -> dict:
+    """Every named sampler setting as full `ucgm_sample` keywords: the presets and --ode's ODE."""
+    named = {name: {**KNOB_DEFAULTS, **preset} for name, preset in PRESETS.items()}
+    named["ode50"] = {**KNOB_DEFAULTS, **ODE_OPTIONS}
+    return named
+
+
+def _canonical(value):
+    """A settings value in one spelling: numbers as floats, pairs and triples as lists."""
+    if isinstance(value, (tuple, list)):
+        return [_canonical(v) for v in value]
+    return value if isinstance(value, str) else float(value)
+
+
+def output_name(options: dict) -> str:
+    """The default output name of full sampler settings (a function of the settings alone).
+
+    The preset's name when the settings equal a preset exactly ("ode50" for --ode), else
+    "custom-" and the first 8 hex digits of the sha256 of the sorted settings with numbers as
+    floats (--kumaraswamy 1 1 2 and 1.0 1.0 2.0 share a name; different settings do not).
+    """
+    for name, settings in _named_settings().items():
+        if settings == options:
+            return name
+    canonical = json.dumps({key: _canonical(options[key]) for key in sorted(options)})
+    return "custom-" + hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
 def sampler_options(args) -> tuple[dict, str]:
-    """(ucgm_sample keywords, output name) from --preset / --nfe / --ode and the knob flags."""
+    """(ucgm_sample keywords, output name) from --preset / --nfe / --ode and the knob flags.
+
+    The name is `output_name` of the full settings, e.g. "1nfe" for --nfe 1, --preset 1nfe or
+    --steps 1 alike."""
     chosen = [
         flag
         for flag, given in (("--preset", args.preset), ("--nfe", args.nfe), ("--ode", args.ode))
@@ -244,18 +314,16 @@ def sampler_options(args) -> tuple[dict, str]:
     if len(chosen) > 1:
         raise SampleError(f"{' and '.join(chosen)} both choose the sampler; give one of them")
     if args.preset:
-        options, name = dict(PRESETS[args.preset]), args.preset
+        options = dict(PRESETS[args.preset])
     elif args.ode:
-        options, name = dict(ODE_OPTIONS), "ode50"
+        options = dict(ODE_OPTIONS)
     else:
-        nfe = _integer(args.nfe, "--nfe", 1) if args.nfe else 1
-        options, name = preset_for_nfe(nfe), f"nfe{nfe}"
+        nfe = _integer(args.nfe, "--nfe", 1, MAX_STEPS) if args.nfe else 1
+        options = preset_for_nfe(nfe)
     overrides = {
         key: _knob(key, getattr(args, key)) for key in KNOB_FLAGS if getattr(args, key) is not None
     }
     options = {**KNOB_DEFAULTS, **options, **overrides}
-    if overrides:
-        name += "-custom"
     # dry-run the sampler's own checks on a 1-sample grid: one line for any out-of-range knob
     probe = dict(options, steps=options["steps"])
     try:
@@ -269,7 +337,66 @@ def sampler_options(args) -> tuple[dict, str]:
         )
     except (ValueError, TypeError) as error:
         raise SampleError(f"sampler setting: {error}") from None
-    return options, name
+    if args.cfg_interval is not None and not options["cfg_scale"] > 0:
+        raise SampleError(
+            "--cfg-interval only applies with --cfg-scale > 0; add --cfg-scale W or drop "
+            "--cfg-interval"
+        )
+    return options, output_name(options)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def sampler_notes(args, options: dict) -> list[str]:
+    """Notes (not refusals) on flags that change nothing or contradict a name: --steps against
+    --nfe, knobs that are inert on this grid (`sampler.inert_knobs`), an extrapolation ratio above
+    the recommended range."""
+    notes = []
+    if args.nfe and args.steps is not None and options["steps"] != int(args.nfe):
+        nfe = int(args.nfe)
+        notes.append(f"--steps {options['steps']} overrides the {nfe}-step preset of --nfe {nfe}")
+    keys = ("steps", "order", "stochastic_ratio", "extrapolation_ratio")
+    inert_keys = [
+        key
+        for key in inert_knobs(**{key: options[key] for key in keys})
+        if getattr(args, key) is not None  # only flags the user gave
+    ]
+    inert = [f"{KNOB_FLAGS[key][0]} {getattr(args, key)}" for key in inert_keys]
+    if inert:
+        steps, n = options["steps"], grid_intervals(options["steps"], options["order"])
+        names = inert[0] if len(inert) == 1 else f"{', '.join(inert[:-1])} and {inert[-1]}"
+        grid = _count(n, "step")
+        if n != steps:
+            grid += f" (--order 2 walks ceil({steps} / 2) grid steps)"
+        late = "extrapolation_ratio" in inert_keys and n > 1
+        why = "; extrapolation acts from 4 steps on" if late else ""
+        verb = "has" if len(inert) == 1 else "have"
+        notes.append(f"{names} {verb} no effect with {grid}{why}")
+    high = EXTRAPOLATION_RECOMMENDED[1]
+    acting = "extrapolation_ratio" not in inert_knobs(**{key: options[key] for key in keys})
+    if acting and options["extrapolation_ratio"] > high:
+        low = EXTRAPOLATION_RECOMMENDED[0]
+        notes.append(
+            f"--extrapolation-ratio {options['extrapolation_ratio']:g} is above [{low}, {high}], "
+            f"the range UCGM recommends for multi-step models (no official limit; applied)"
+        )
+    return notes
+
+
+def _trained_with_twinflow(checkpoint: Path) -> bool:
+    """True when the checkpoint.json next to `checkpoint` says twinflow_enabled (read like
+    `run_dir.training_dataset`); False for a file without one, e.g. a converted pretrained model."""
+    try:
+        summary = json.loads((checkpoint.parent / SUMMARY_NAME).read_text())
+        return summary.get("train_config", {}).get("twinflow_enabled") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _note(text: str) -> None:
+    print(f"sample.py: note: {text}", file=sys.stderr)
 
 
 def _existing_file(path, flag: str) -> Path:
@@ -366,8 +493,16 @@ def run(args) -> dict:
             f"these are {model.config.in_channels}-channel latents; pass --vae FILE to "
             f"decode them to images, or write .npy"
         )
+    notes = sampler_notes(args, options)
+    if options["cfg_scale"] > 0 and _trained_with_twinflow(checkpoint):
+        notes.append(
+            f"this model was trained with TwinFlow, which samples at guidance 0 (paper); "
+            f"--cfg-scale {options['cfg_scale']:g} is applied anyway"
+        )
+    for text in notes:  # after every door check: a refused command prints one line only
+        _note(text)
     sampler = Sampler(model, seed, device, options, class_label, vae)
-    results: dict = {"checkpoint": str(checkpoint), "sampler": sampler.options}
+    results: dict = {"checkpoint": str(checkpoint), "sampler_name": name, "sampler": options}
     if evaluating:
         results.update(evaluate_images(args, sampler, run_dir, device, num, batch_size, fid_path))
     else:

@@ -210,8 +210,7 @@ def ucgm_time_grid(
     """
     n = _check_int(steps, "steps", maximum=MAX_STEPS)
     abc, (gap_start, gap_end) = _check_grid_options(order, kumaraswamy_abc, boundary_gaps)
-    if order == 2:
-        n = math.ceil(n / 2)
+    n = grid_intervals(n, order)
     # official: `num_steps + 1 if rfba_gap_steps[1] == 0.0`, then drop the last point
     if gap_end == 0.0:
         u = torch.linspace(gap_start, 1.0, n + 1, dtype=torch.float64)[:-1]  # (n,)
@@ -439,6 +438,38 @@ def ucgm_sample(
         rho = step_stochastic_ratio(stochastic_ratio, t_cur, t_next)
         x = renoise(x_hat, z_hat, t_next, rho, generator)
     return (sample, torch.stack(trajectory)) if return_trajectory else sample
+
+
+def grid_intervals(steps: int, order: int) -> int:
+    """Number of grid intervals (t_cur -> t_next) that `ucgm_sample` walks: steps for order 1,
+    ceil(steps / 2) for order 2 (official `sampling_loop`). Arguments are checked by the caller."""
+    return math.ceil(steps / 2) if order == 2 else steps
+
+
+def inert_knobs(*, steps: int, order: int, stochastic_ratio, extrapolation_ratio) -> list[str]:
+    """The knobs among order, stochastic_ratio, extrapolation_ratio that cannot change the samples
+    of `ucgm_sample` on this grid, in that order (a knob at its off value 1 / 0 / 0 is never named).
+
+    With n = `grid_intervals(steps, order)`:
+      order 2           inert when steps == 1 (n = 1, and the corrector is skipped on the final
+                        step to t = 0);
+      stochastic_ratio  inert when n == 1 (the only re-noising is at t_next = 0, where
+                        `renoise` returns x_hat);
+      extrapolation     inert when n <= EXTRAPOLATION_FIRST_STEP + 1 (it starts at the third
+                        step, and the sample is the last step's raw x_hat, so it acts only through
+                        a later step's input: n >= 4).
+    The samples are then bit-identical to those with the knob off; tests/test_sample_cli.py runs
+    the sampler both ways to check each rule.
+    """
+    n = grid_intervals(steps, order)
+    inert = []
+    if order == 2 and steps == 1:
+        inert.append("order")
+    if stochastic_ratio != 0.0 and n == 1:
+        inert.append("stochastic_ratio")
+    if extrapolation_ratio != 0.0 and n <= EXTRAPOLATION_FIRST_STEP + 1:
+        inert.append("extrapolation_ratio")
+    return inert
 
 
 # ---------- Presets and published argument names ----------
