@@ -358,11 +358,8 @@ def sampler_notes(args, options: dict) -> list[str]:
         nfe = int(args.nfe)
         notes.append(f"--steps {options['steps']} overrides the {nfe}-step preset of --nfe {nfe}")
     keys = ("steps", "order", "stochastic_ratio", "extrapolation_ratio")
-    inert_keys = [
-        key
-        for key in inert_knobs(**{key: options[key] for key in keys})
-        if getattr(args, key) is not None  # only flags the user gave
-    ]
+    all_inert = inert_knobs(**{key: options[key] for key in keys})
+    inert_keys = [key for key in all_inert if getattr(args, key) is not None]  # flags given
     inert = [f"{KNOB_FLAGS[key][0]} {getattr(args, key)}" for key in inert_keys]
     if inert:
         steps, n = options["steps"], grid_intervals(options["steps"], options["order"])
@@ -375,7 +372,7 @@ def sampler_notes(args, options: dict) -> list[str]:
         verb = "has" if len(inert) == 1 else "have"
         notes.append(f"{names} {verb} no effect with {grid}{why}")
     high = EXTRAPOLATION_RECOMMENDED[1]
-    acting = "extrapolation_ratio" not in inert_knobs(**{key: options[key] for key in keys})
+    acting = "extrapolation_ratio" not in all_inert
     if acting and options["extrapolation_ratio"] > high:
         low = EXTRAPOLATION_RECOMMENDED[0]
         notes.append(
