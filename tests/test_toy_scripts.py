@@ -8,6 +8,7 @@ twinflow_min/transport.py.
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,17 @@ def table_cells(path):
     lines = path.read_text().split("\n\n")[1].splitlines()
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines
             if not line.startswith("|---")]
+
+
+def assert_docstring_lists_outputs(module, out, placeholders):
+    """Every file a script wrote at the top of `out` is named in its docstring, with its toy /
+    method replaced by the docstring's placeholder (the run folders are listed as such)."""
+    for path in out.iterdir():
+        if path.is_file():
+            name = path.name
+            for word, placeholder in placeholders.items():
+                name = name.replace(word, placeholder)
+            assert name in module.__doc__, f"{path.name} is not listed in the docstring"
 
 
 def run_config(summary):
@@ -104,6 +116,18 @@ def test_compare_methods_and_trajectories_run_end_to_end(tmp_path, capsys):
     assert paths.read_bytes() == before
     elsewhere = trajectories.main([str(run_dir), "--num", "20", "--out", str(tmp_path / "paths")])
     assert elsewhere == tmp_path / "paths" / "trajectories_paths.png" and elsewhere.exists()
+    assert "note" not in capsys.readouterr().err  # this run trained its fake branch
+    # runs that never trained the fake branch get a one-line note, and the figures still come
+    for method, why in [("flow-matching", "twinflow_enabled false"),
+                        ("rcgm", "twinflow_adversarial_enabled false")]:
+        untrained = tmp_path / f"paths-{method}"
+        trajectories.main([results[method][0]["run_dir"], "--num", "20", "--out", str(untrained)])
+        assert capsys.readouterr().err.splitlines() == [
+            f"toy/trajectories.py: note: this run never trained the fake branch ({why}); its fake "
+            f"paths show an untrained F(x, -t, -t)"]
+        assert (untrained / "trajectories_paths.png").exists()
+    # the --quick table states a wall time of seconds, not "0.0 min"
+    assert re.search(r"Wall time \d+ s in all", (out / "compare_moons.md").read_text())
 
 
 def test_scripts_refuse_bad_input_in_one_line(tmp_path, capsys):
@@ -142,8 +166,11 @@ def test_twin_share_mapping_onto_the_large_recipe_groups():
 def test_twin_shares_runs_end_to_end(tmp_path):
     shares = load_script("twin_shares")
     out = tmp_path / "shares"
-    results = shares.main(["--quick", "--out", str(out)])
+    # an --extra flag for a key the script leaves alone reaches every run
+    results = shares.main(["--quick", "--out", str(out), "--extra", "--batch-size=48"])
     assert list(results) == [0.0, 1 / 3]
+    assert {run_config(runs[0])["train_batch_size"] for runs in results.values()} == {48}
+    assert "batch 48 per run" in (out / "twin_shares_moons.md").read_text()
     off, third = run_config(results[0.0][0]), run_config(results[1 / 3][0])
     assert off["twinflow_group_proportions"] == [1 / 3, 1 / 3, 1 / 3, 0]
     assert off["twinflow_adversarial_enabled"] is False
@@ -154,6 +181,7 @@ def test_twin_shares_runs_end_to_end(tmp_path):
     assert [row[0] for row in cells[1:]] == ["0.000", "0.333", "data (2nd draw)"]
     assert cells[2][2] == f"{results[1 / 3][0]['energy_distance_nfe1']:.4f}"
     assert (out / "twin_shares_moons.png").stat().st_size > 0
+    assert_docstring_lists_outputs(shares, out, {"moons": "<toy>"})
 
 
 def test_nfe_vs_steps_runs_end_to_end(tmp_path):
@@ -167,6 +195,8 @@ def test_nfe_vs_steps_runs_end_to_end(tmp_path):
     assert cells[1][:3] == ["twinflow-tutorial", "2",
                             f"{results['twinflow-tutorial', 2][0]['energy_distance_nfe1']:.4f}"]
     assert (out / "nfe_vs_steps_moons.png").stat().st_size > 0
+    assert_docstring_lists_outputs(nfe, out, {"moons": "<toy>", "twinflow-tutorial": "<method>",
+                                              "rcgm": "<method>"})
 
 
 def test_mode_statistics_on_hand_placed_points():
@@ -215,3 +245,134 @@ def test_mode_coverage_runs_end_to_end(tmp_path):
     assert cells[0] == header
     assert len(cells) == 1 + 2 * 3
     assert (out / "mode_coverage.png").stat().st_size > 0
+    assert_docstring_lists_outputs(coverage, out, {"8gaussians": "<toy>", "grid25": "<toy>"})
+
+
+def one_error_line(capsys, script):
+    """The stderr of a refused call: exactly one line "toy/<script>.py: error: ...", no usage."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"toy/{script}.py: error: "), lines
+    return lines[0].removeprefix(f"toy/{script}.py: error: ")
+
+
+SHARE_HINT = ("set by this script for the adv share; use --twin-shares (share 0 turns the "
+              "adversarial branch off)")
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("compare_methods", ["--extra", "--max_train_steps", "5"],
+     "--extra --max_train_steps: set by this script; use --steps"),
+    ("compare_methods", ["--extra", "--steps=5"],
+     "--extra --steps: set by this script; use --steps"),
+    ("compare_methods", ["--extra", "--toy", "circles"],
+     "--extra --toy: set by this script; use --toy"),
+    ("compare_methods", ["--extra", "--dataset=toy:circles"],
+     "--extra --dataset: set by this script; use --toy"),
+    ("compare_methods", ["--extra", "--seed", "4"],
+     "--extra --seed: set by this script; use --seeds"),
+    ("compare_methods", ["--extra", "--output_dir", "x"],
+     "--extra --output_dir: set by this script; use --out, before --extra"),
+    ("compare_methods", ["--extra", "--out", "x"],
+     "--extra --out: --extra passes the rest of the line to train.py; put --out before --extra"),
+    ("compare_methods", ["--extra", "--run_name", "x"],
+     "--extra --run_name: set by this script; the script names each run"),
+    ("compare_methods", ["--extra", "--checkpointing_steps", "1"],
+     "--extra --checkpointing_steps: set by this script; each run keeps only its final checkpoint"),
+    ("compare_methods", ["--methods", "rcgm", "twinflow-large", "--extra", "--twinflow_recipe",
+                         "tutorial"],
+     "--extra --twinflow_recipe: set by this script for method twinflow-large; choose the methods "
+     "with --methods"),
+    ("compare_methods", ["--extra", "--batch-size", "8", "--twinflow_enabled=true"],
+     "--extra --twinflow_enabled: set by this script for method flow-matching; choose the methods "
+     "with --methods"),
+    ("nfe_vs_steps", ["--extra", "--max_train_steps", "9"],
+     "--extra --max_train_steps: set by this script; use --lengths"),
+    ("mode_coverage", ["--extra", "--toy", "moons"],
+     "--extra --toy: set by this script; use --toys"),
+    ("twin_shares", ["--extra", "--twinflow_recipe", "tutorial"],
+     "--extra --twinflow_recipe: " + SHARE_HINT),
+    ("twin_shares", ["--extra", "--twinflow_group_proportions=0.25,0.25,0.25,0.25"],
+     "--extra --twinflow_group_proportions: " + SHARE_HINT),
+    ("twin_shares", ["--twin-shares", "0.5", "--extra", "--twinflow_adversarial_enabled", "true"],
+     "--extra --twinflow_adversarial_enabled: " + SHARE_HINT),
+])
+def test_extra_flags_that_the_script_sets_are_refused(tmp_path, capsys, script, argv, message):
+    # applied after the script's own flags they would win, and the table would say otherwise
+    out = tmp_path / "new"
+    with pytest.raises(SystemExit) as stop:  # --quick: seconds, were a refusal ever missed
+        load_script(script).main(["--quick", "--out", str(out), *argv])
+    assert stop.value.code == 2
+    assert one_error_line(capsys, script) == message
+    assert not out.exists()  # refused before anything is written
+
+
+def test_extra_flags_the_script_leaves_alone_pass():
+    compare = load_script("compare_methods")
+    # flow-matching alone never sets the real-velocity weight, so --extra may
+    args = compare.parse_args(["--methods", "flow-matching", "--extra", "--twinflow_realvel_weight",
+                               "0.5", "--batch-size", "32"])
+    assert args.extra == ["--twinflow_realvel_weight", "0.5", "--batch-size", "32"]
+    with pytest.raises(SystemExit):  # ... but rcgm does
+        compare.parse_args(["--methods", "rcgm", "--extra", "--twinflow_realvel_weight", "0.5"])
+
+
+def test_twin_shares_accept_fractions_and_decimals(capsys):
+    shares = load_script("twin_shares")
+    args = shares.parse_args(["--twin-shares", "1/3", "0.5", "0", "3/40"])
+    assert args.twin_shares == [0.0, 0.075, 1 / 3, 0.5]
+    for bad in ["4/3", "1/0", "one", "1", "-0.1", "nan"]:
+        with pytest.raises(SystemExit) as stop:
+            shares.parse_args(["--twin-shares", bad])
+        assert stop.value.code == 2
+        assert "[0, 1)" in one_error_line(capsys, "twin_shares")
+    with pytest.raises(SystemExit):  # 2/6 is 1/3 again
+        shares.parse_args(["--twin-shares", "1/3", "2/6"])
+    assert "repeats a value" in one_error_line(capsys, "twin_shares")
+
+
+@pytest.mark.parametrize("script, argv, words", [
+    ("compare_methods", ["--methods", "nope"], "invalid choice: 'nope'"),
+    ("compare_methods", ["--steps", "0"], "integer >= 1"),
+    ("compare_methods", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("compare_methods", ["--seeds", "1", "1"], "repeats a value"),
+    ("twin_shares", ["--twin-shares", "0.5", "x"], "must be a number or fraction p/q in [0, 1)"),
+    ("twin_shares", ["--seeds", "1", "1"], "repeats a value"),
+    ("nfe_vs_steps", ["--lengths", "0"], "integer >= 1"),
+    ("nfe_vs_steps", ["--lengths", "2", "2"], "repeats a value"),
+    ("mode_coverage", ["--toys", "moons"], "invalid choice: 'moons'"),
+    ("mode_coverage", ["--bogus"], "unrecognized arguments"),
+    ("trajectories", [], "the following arguments are required: run"),
+    ("trajectories", ["run", "--steps", "0"], "integer >= 1"),
+    ("trajectories", ["run", "--bogus"], "unrecognized arguments"),
+])
+def test_argument_errors_are_one_line_naming_the_script(capsys, script, argv, words):
+    with pytest.raises(SystemExit) as stop:
+        load_script(script).main(argv)
+    assert stop.value.code == 2
+    assert words in one_error_line(capsys, script)
+
+
+def test_out_naming_a_file_is_refused_as_a_file(tmp_path, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("keep me\n")
+    with pytest.raises(SystemExit) as stop:
+        load_script("compare_methods").main(["--quick", "--out", str(taken)])
+    assert stop.value.code == 2
+    error = one_error_line(capsys, "compare_methods")
+    assert error == f"--out {taken} is a file; choose a new folder"
+    assert taken.read_text() == "keep me\n"
+
+
+def test_wall_time_in_seconds_under_a_minute():
+    companion = load_script("companion")
+    assert [companion.wall_time(s) for s in (0.2, 6.4, 59.4, 59.6, 90, 264)] == [
+        "0 s", "6 s", "59 s", "1.0 min", "1.5 min", "4.4 min"]
+
+
+def test_help_texts_show_their_examples_as_typed():
+    # the compare example continues over two lines: the backslash must reach --help
+    compare = load_script("compare_methods")
+    assert "rcgm+realvel+consistency \\\n        rcgm+realvel+adv+rectify" in compare.__doc__
+    shares = load_script("twin_shares")
+    assert "--twin-shares 0.2 1/3 0.4" in shares.__doc__  # an example that now parses
+    assert shares.parse_args(["--twin-shares", "0.2", "1/3", "0.4"]).twin_shares[1] == 1 / 3

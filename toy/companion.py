@@ -34,6 +34,7 @@ import math
 import statistics
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ if str(ROOT) not in sys.path:
 
 import train  # noqa: E402
 from twinflow_min.canvas import FONT_LARGE, draw_text, text_width  # noqa: E402
+from twinflow_min.config_cli import ALIASES  # noqa: E402
 from twinflow_min.data import sample_toy  # noqa: E402
 from twinflow_min.evaluate import TOY_EVAL_SEED  # noqa: E402
 from twinflow_min.metrics import energy_distance  # noqa: E402
@@ -77,10 +79,23 @@ def fail(script: str, message: str) -> None:
     raise SystemExit(2)
 
 
+class ToyParser(argparse.ArgumentParser):
+    """argparse with prog "toy/<script>" whose errors are one `fail` line (no usage block)."""
+
+    def __init__(self, script: str, **kwargs):
+        super().__init__(prog=f"toy/{script}", allow_abbrev=False, **kwargs)
+        self.script = script
+
+    def error(self, message: str):
+        fail(self.script, message)
+
+
 def fresh_folder(script: str, out) -> Path:
     """`out` as a Path that is new or empty (nothing is ever overwritten); else a one-line error."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        fail(script, f"--out {out} is a file; choose a new folder")
+    if out.exists() and any(out.iterdir()):
         fail(
             script,
             f"--out {out} already exists and is not an empty folder; choose a new folder "
@@ -111,14 +126,16 @@ def positive_int(text: str) -> int:
 
 
 def share_value(text: str) -> float:
-    """argparse type of a twin-trajectory share: a number in [0, 1)."""
+    """argparse type of a twin-trajectory share: a decimal (0.25) or a fraction p/q (1/3) in
+    [0, 1), returned as the float nearest to it."""
     try:
-        value = float(text)
-    except ValueError:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
         value = math.nan
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(
-            f"must be a number in [0, 1) (the adv group's share of the batch), got {text!r}"
+            f"must be a number or fraction p/q in [0, 1) (the adv group's share of the batch), "
+            f"got {text!r}"
         )
     return value
 
@@ -142,17 +159,86 @@ def torch_threads(count: int):
         torch.set_num_threads(before)
 
 
+def train_argv(toy: str, method_flags: list[str], *, seed: int, steps: int, out: Path,
+               name: str) -> list[str]:
+    """The train.py flags a script sets for one run (its --extra flags come after them)."""
+    return ["--toy", toy, "--seed", str(seed), "--max_train_steps", str(steps),
+            "--output_dir", str(out), "--run_name", name, "--checkpointing_steps", "0",
+            *method_flags]
+
+
+def flag_key(flag: str) -> str | None:
+    """The TrainConfig key a train.py flag sets: "--steps" and "--max_train_steps=9" both give
+    "max_train_steps" (aliases of `twinflow_min.config_cli.ALIASES` resolved); None for a value."""
+    if not flag.startswith("--"):
+        return None
+    name = flag.split("=", 1)[0]
+    return ALIASES.get(name, name[2:])
+
+
+# What a user sets instead of each key `train_argv` sets itself (scripts override a few)
+RUN_SETTINGS = {
+    "dataset": "use --toy",
+    "max_train_steps": "use --steps",
+    "seed": "use --seeds",
+    "output_dir": "use --out, before --extra",
+    "run_name": "the script names each run",
+    "checkpointing_steps": "each run keeps only its final checkpoint",
+}
+
+
+def script_settings(methods: dict[str, list[str]], instead: str, **overrides: str) -> dict:
+    """{TrainConfig key: why an --extra flag for it is refused} for every key a script sets itself.
+
+    The keys of `train_argv` ("set by this script; <hint>", hints from RUN_SETTINGS replaced by
+    `overrides`), then the keys of each method's flags in `methods` ({label: train.py flags}):
+    "set by this script for <label>; <instead>".
+    """
+    hints = {**RUN_SETTINGS, **overrides}
+    settings = {}
+    for flag in train_argv("moons", [], seed=0, steps=1, out=Path("."), name="run"):
+        if flag_key(flag):
+            settings[flag_key(flag)] = f"set by this script; {hints[flag_key(flag)]}"
+    for label, flags in methods.items():
+        for flag in flags:
+            if flag_key(flag):
+                settings.setdefault(flag_key(flag), f"set by this script for {label}; {instead}")
+    return settings
+
+
+def refuse_extra(script: str, extra: list[str], settings: dict[str, str]) -> None:
+    """One-line refusal of an --extra flag for a key the script sets itself (`script_settings`):
+    applied after the script's own flags, it would win and the script's table would lie.
+
+    `--out` after --extra (it would reach train.py, because --extra takes the rest of the line)
+    gets its own hint: put --out before --extra.
+    """
+    for flag in extra:
+        name = flag.split("=", 1)[0]
+        if name == "--out":
+            fail(script, "--extra --out: --extra passes the rest of the line to train.py; "
+                         "put --out before --extra")
+        if flag_key(flag) in settings:
+            fail(script, f"--extra {name}: {settings[flag_key(flag)]}")
+
+
+def wall_time(seconds: float) -> str:
+    """The tables' wall-time phrase: "6 s" under a minute, else "4.4 min"."""
+    if round(seconds) < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"
+
+
 def run(toy: str, method_flags: list[str], *, seed: int, steps: int, out: Path, name: str,
         extra: list[str] = ()) -> dict:
     """One quiet `train.main` run: its summary plus "seconds" (wall time, evaluation included) and
     "batch_size" (the run's saved train_batch_size).
 
     train.py's own summary print is swallowed so that the scripts' tables stay readable; its errors
-    (stderr, SystemExit) pass through unchanged.
+    (stderr, SystemExit) pass through unchanged. `extra` follows the script's own flags, so callers
+    refuse (`refuse_extra`) any that would override them.
     """
-    argv = ["--toy", toy, "--seed", str(seed), "--max_train_steps", str(steps),
-            "--output_dir", str(out), "--run_name", name, "--checkpointing_steps", "0",
-            *method_flags, *extra]
+    argv = [*train_argv(toy, method_flags, seed=seed, steps=steps, out=out, name=name), *extra]
     tic = time.time()
     with contextlib.redirect_stdout(io.StringIO()):
         summary = train.main(argv)

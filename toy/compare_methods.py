@@ -1,4 +1,4 @@
-"""Paper companion: TwinFlow vs its RCGM base vs flow matching on a 2-D toy, same budget, 1/2/4 NFE.
+r"""Paper companion: TwinFlow vs its RCGM base vs flow matching on a 2-D toy at 1/2/4 NFE.
 
 TwinFlow (arXiv:2512.05150), Sec. 4 ablation (adding the twin-trajectory terms to the RCGM base
 improves 1-NFE quality). Five methods (toy/companion.py `METHODS`), each trained with the same
@@ -45,16 +45,20 @@ from toy.companion import (  # noqa: E402
     DATA_ROW,
     METHODS,
     QUICK_FLAGS,
+    ToyParser,
     data_floor,
     fresh_folder,
     markdown_table,
     mean_spread,
     positive_int,
+    refuse_extra,
     refuse_repeats,
     run,
+    script_settings,
     seed_value,
     stack_rows,
     torch_threads,
+    wall_time,
 )
 from twinflow_min.data import TOY_DATASETS  # noqa: E402
 
@@ -64,8 +68,8 @@ DEFAULT_METHODS = ("flow-matching", "rcgm", "rcgm+realvel", "twinflow-tutorial",
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog=f"toy/{SCRIPT}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToyParser(SCRIPT, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toy", default="moons", choices=TOY_DATASETS)
     parser.add_argument("--steps", type=positive_int, default=None,
                         help=f"training steps per run (default {DEFAULT_STEPS}; "
@@ -86,6 +90,8 @@ def parse_args(argv):
     args.steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     refuse_repeats(parser, seeds=args.seeds, methods=args.methods)
+    methods = {f"method {method}": METHODS[method] for method in args.methods}
+    refuse_extra(SCRIPT, args.extra, script_settings(methods, "choose the methods with --methods"))
     return args
 
 
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
                       + f"  ({summary['seconds']:.0f} s)", flush=True)
         num = results[args.methods[0]][0]["num_samples"]
         floor = data_floor(args.toy, num, args.seeds)
-    minutes = (time.time() - tic) / 60
+    seconds = time.time() - tic
 
     rows = [Image.open(Path(runs[0]["run_dir"]) / "samples_multistep.png").convert("RGB")
             for runs in results.values()]
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Energy distance to fresh `{args.toy}` data ({num:,} samples, lower is better): "
         f"mean ± sd over {len(args.seeds)} training seed(s) ({seeds}); {args.steps:,} steps of "
         f"batch {batch} per run (toy preset otherwise). `{DATA_ROW}`: a fresh data draw per seed "
-        f"scored the same way, the metric's floor. Wall time {minutes:.1f} min in all, "
+        f"scored the same way, the metric's floor. Wall time {wall_time(seconds)} in all, "
         f"{args.threads} thread(s).", "",
         markdown_table(header, table), "", "Every run:", "",
         markdown_table(["method", "seed", *(c for c, _ in COLUMNS)], every)])

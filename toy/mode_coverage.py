@@ -16,6 +16,8 @@ The row `data (2nd draw)` scores fresh data draws the same way: the floor of eac
 Writes, under --out (a new folder):
   mode_coverage.md    per toy and method: modes hit of every seed, mean ± sd of the rest; every run
   mode_coverage.png   per toy (rows), per method (panels): the first seed's 1-NFE samples and data
+  mode_coverage_<toy>.png   one row of that figure: the panels of one toy
+  <toy>-<method>-seed<k>/   each train.py run (checkpoint, samples, loss curves)
 Default: toys 8gaussians and grid25; twinflow-tutorial, rcgm and flow-matching; 2 seeds of 1,000
 steps; one thread: 4.0 min wall on a 2-core CPU (measured with one other script on the second
 core). Time convention: see twinflow_min/transport.py.
@@ -42,15 +44,19 @@ from toy.companion import (  # noqa: E402
     DATA_SEED_OFFSET,
     METHODS,
     QUICK_FLAGS,
+    ToyParser,
     fresh_folder,
     markdown_table,
     mean_spread,
     positive_int,
+    refuse_extra,
     refuse_repeats,
     run,
+    script_settings,
     seed_value,
     stack_rows,
     torch_threads,
+    wall_time,
 )
 from twinflow_min.checkpoint import load_pretrained  # noqa: E402
 from twinflow_min.data import MODE_TOYS, sample_toy, toy_mode_centres, toy_mode_std  # noqa: E402
@@ -87,8 +93,8 @@ def mode_statistics(samples: Tensor, centres: Tensor, sd) -> dict:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog=f"toy/{SCRIPT}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToyParser(SCRIPT, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toys", nargs="+", choices=MODE_TOYS, default=list(MODE_TOYS),
                         help="many-mode toys (default: both)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS),
@@ -109,6 +115,9 @@ def parse_args(argv):
     args.steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])
     refuse_repeats(parser, toys=args.toys, seeds=args.seeds, methods=args.methods)
+    methods = {f"method {method}": METHODS[method] for method in args.methods}
+    settings = script_settings(methods, "choose the methods with --methods", dataset="use --toys")
+    refuse_extra(SCRIPT, args.extra, settings)
     return args
 
 
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
                 data = sample_toy(toy, num, torch.Generator().manual_seed(DATA_SEED_OFFSET + seed))
                 results.setdefault((toy, DATA_ROW), []).append(
                     {**mode_statistics(data, centres, sd), "ed": energy_distance(data, reference)})
-    minutes = (time.time() - tic) / 60
+    seconds = time.time() - tic
 
     rows = []
     for toy in args.toys:
@@ -186,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"A mode is hit when >= {HIT_FRACTION:.0%} of its uniform share N/K of the samples lie "
         f"within {RADIUS:g} sd of its centre; mass error = 1/2 sum_k |m_k - 1/K| over the "
         f"nearest-centre shares m_k; off-mode = share beyond {RADIUS:g} sd of every centre. "
-        f"Wall time {minutes:.1f} min in all, {args.threads} thread(s).", "",
+        f"Wall time {wall_time(seconds)} in all, {args.threads} thread(s).", "",
         markdown_table(header, table), "", "Every run:", "",
         markdown_table(["toy", "method", "seed", *header[2:]], every)])
     (out / "mode_coverage.md").write_text(text + "\n")

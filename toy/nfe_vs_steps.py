@@ -7,6 +7,8 @@ schedule, what `python train.py --toy moons --max_train_steps N` does) and sampl
 (official UCGM presets) and a 50-step Euler ODE. Writes, under --out (a new folder):
   nfe_vs_steps_<toy>.md    energy distance per method, length and sampler (mean ± sd over seeds)
   nfe_vs_steps_<toy>.png   one panel per method: energy distance (log) against training steps
+  nfe_vs_steps_<toy>_<method>.png   one panel of that figure, for one method
+  <toy>-<method>-<N>steps-seed<k>/   each train.py run (checkpoint, samples, loss curves)
 Default: lengths 250 500 1000 2000 for twinflow-tutorial, rcgm and flow-matching, one seed, one
 thread: 3.6 min wall on a 2-core CPU (measured with one other script on the second core). Time
 convention: see twinflow_min/transport.py.
@@ -32,16 +34,20 @@ from toy.companion import (  # noqa: E402
     DATA_ROW,
     METHODS,
     QUICK_FLAGS,
+    ToyParser,
     data_floor,
     fresh_folder,
     markdown_table,
     mean_spread,
     positive_int,
+    refuse_extra,
     refuse_repeats,
     run,
+    script_settings,
     seed_value,
     side_by_side,
     torch_threads,
+    wall_time,
 )
 from twinflow_min.data import TOY_DATASETS  # noqa: E402
 from twinflow_min.plots import line_plot_png  # noqa: E402
@@ -52,8 +58,8 @@ DEFAULT_LENGTHS, QUICK_LENGTHS = (250, 500, 1000, 2000), (2, 4)
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog=f"toy/{SCRIPT}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToyParser(SCRIPT, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=positive_int, nargs="+", default=None,
                         help="training lengths in steps (default 250 500 1000 2000; "
                              "2 4 with --quick)")
@@ -72,6 +78,10 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     args.lengths = sorted(args.lengths or (QUICK_LENGTHS if args.quick else DEFAULT_LENGTHS))
     refuse_repeats(parser, lengths=args.lengths, seeds=args.seeds, methods=args.methods)
+    methods = {f"method {method}": METHODS[method] for method in args.methods}
+    settings = script_settings(methods, "choose the methods with --methods",
+                               max_train_steps="use --lengths")
+    refuse_extra(SCRIPT, args.extra, settings)
     return args
 
 
@@ -94,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
                           + f"  ({summary['seconds']:.0f} s)", flush=True)
         num = summary["num_samples"]
         floor = data_floor(args.toy, num, args.seeds)
-    minutes = (time.time() - tic) / 60
+    seconds = time.time() - tic
 
     panels = []
     for method in args.methods:
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Energy distance to fresh `{args.toy}` data ({num:,} samples, lower is better) after N "
         f"training steps (batch {batch}, cosine schedule over the N steps, toy preset otherwise); "
         f"{len(args.seeds)} training seed(s) ({seeds})"
-        f"{', mean ± sd' if len(args.seeds) > 1 else ''}. Wall time {minutes:.1f} min in all, "
+        f"{', mean ± sd' if len(args.seeds) > 1 else ''}. Wall time {wall_time(seconds)} in all, "
         f"{args.threads} thread(s).", "",
         markdown_table(header, table)])
     (out / f"nfe_vs_steps_{args.toy}.md").write_text(text + "\n")

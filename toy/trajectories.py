@@ -9,7 +9,9 @@ This script integrates both ODEs from the same noise with the instantaneous velo
 and draws the paths, the real endpoints against the data, and the fake endpoints against the model's
 one-step samples z - F(z, 1, 0). Output: trajectories_paths.png and trajectories_ends.png in the run
 folder (or --out), never over earlier ones unless --overwrite. The reference data is the run's own
-toy (from its checkpoint.json), or --toy.
+toy (from its checkpoint.json), or --toy. A run that never trained the fake branch
+(twinflow_enabled or twinflow_adversarial_enabled false) gets a note on stderr: its fake paths are
+those of an untrained F(x, -t, -t).
 
 Time convention: see twinflow_min/transport.py.
 
@@ -20,6 +22,7 @@ Time convention: see twinflow_min/transport.py.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,12 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toy.companion import fail, positive_int, seed_value  # noqa: E402
+from toy.companion import ToyParser, fail, positive_int, seed_value  # noqa: E402
 from twinflow_min.checkpoint import load_pretrained  # noqa: E402
 from twinflow_min.checks import CheckpointError  # noqa: E402
 from twinflow_min.data import TOY_DATASETS, sample_toy  # noqa: E402
 from twinflow_min.plots import scatter_png, trajectories_png  # noqa: E402
 from twinflow_min.run_dir import training_dataset  # noqa: E402
+from twinflow_min.train_state import SUMMARY_NAME  # noqa: E402
 from twinflow_min.transport import invert  # noqa: E402
 
 SCRIPT = "trajectories.py"
@@ -51,9 +55,22 @@ def integrate(model, z: torch.Tensor, steps: int, sign: float) -> torch.Tensor:
     return torch.stack(path)
 
 
+def untrained_fake_branch(checkpoint: Path) -> str | None:
+    """Why the run that wrote `checkpoint` never trained the fake branch ("twinflow_enabled
+    false" or "twinflow_adversarial_enabled false"), read from the checkpoint.json next to it;
+    None when it did, or when that file is missing or unreadable (nothing to say then)."""
+    try:
+        config = json.loads((checkpoint.parent / SUMMARY_NAME).read_text())["train_config"]
+        flags = [(key, config.get(key)) for key in ("twinflow_enabled",
+                                                    "twinflow_adversarial_enabled")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return next((f"{key} false" for key, value in flags if value is False), None)
+
+
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToyParser(SCRIPT, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a toy run folder (or its checkpoint.safetensors)")
     parser.add_argument("--num", type=positive_int, default=300, help="paths drawn (default 300)")
     parser.add_argument("--steps", type=positive_int, default=50,
@@ -86,6 +103,10 @@ def main(argv: list[str] | None = None) -> Path:
         fail(SCRIPT, f"{out_dir} already holds {', '.join(taken)}; pass --overwrite or choose "
                      f"another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
+    untrained = untrained_fake_branch(checkpoint)
+    if untrained:
+        print(f"toy/{SCRIPT}: note: this run never trained the fake branch ({untrained}); its "
+              f"fake paths show an untrained F(x, -t, -t)", file=sys.stderr)
     z = torch.randn(args.num, 2, generator=torch.Generator().manual_seed(args.seed))
     real, fake = integrate(model, z, args.steps, 1.0), integrate(model, z, args.steps, -1.0)
     ones = torch.ones(args.num)

@@ -19,12 +19,13 @@ seeds. Writes, under --out (a new folder):
   twin_shares_<toy>.md    energy distance (mean ± sd over the seeds) per share at 1/2/4 NFE and a
                           50-step ODE, then every run
   twin_shares_<toy>.png   those means against the share, one line per sampler
+  <toy>-share<s>-seed<k>/   each train.py run, s with 3 decimals (checkpoint, samples, curves)
 Default: 6 shares x 2 seeds x 1,000 steps, one thread: 4.4 min wall on a 2-core CPU (measured with
 one other script on the second core).
 Time convention: see twinflow_min/transport.py.
 
     python toy/twin_shares.py                        # moons, shares 0 0.1 0.25 1/3 0.5 0.75
-    python toy/twin_shares.py --twin-shares 0.2 0.333 0.4 --seeds 0 1 2
+    python toy/twin_shares.py --twin-shares 0.2 1/3 0.4 --seeds 0 1 2   # decimals or p/q
 """
 
 from __future__ import annotations
@@ -41,16 +42,20 @@ from toy.companion import (  # noqa: E402
     COLUMNS,
     DATA_ROW,
     QUICK_FLAGS,
+    ToyParser,
     data_floor,
     fresh_folder,
     markdown_table,
     mean_spread,
     positive_int,
+    refuse_extra,
     refuse_repeats,
     run,
+    script_settings,
     seed_value,
     share_value,
     torch_threads,
+    wall_time,
 )
 from twinflow_min.data import TOY_DATASETS  # noqa: E402
 from twinflow_min.plots import line_plot_png  # noqa: E402
@@ -74,11 +79,11 @@ def share_flags(share: float) -> list[str]:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog=f"toy/{SCRIPT}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ToyParser(SCRIPT, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--twin-shares", type=share_value, nargs="+", default=None,
-                        help="adv shares of the batch, each in [0, 1) "
-                             "(default 0 0.1 0.25 1/3 0.5 0.75)")
+                        help="adv shares of the batch, each in [0, 1), decimals or fractions "
+                             "p/q (default 0 0.1 0.25 1/3 0.5 0.75)")
     parser.add_argument("--toy", default="moons", choices=TOY_DATASETS)
     parser.add_argument("--steps", type=positive_int, default=None,
                         help=f"training steps per run (default {DEFAULT_STEPS}; "
@@ -96,6 +101,10 @@ def parse_args(argv):
     args.steps = args.steps or (QUICK_STEPS if args.quick else DEFAULT_STEPS)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1])
     refuse_repeats(parser, twin_shares=args.twin_shares, seeds=args.seeds)
+    # share 0's flags hold every key any share sets
+    settings = script_settings({"the adv share": share_flags(0.0)},
+                               "use --twin-shares (share 0 turns the adversarial branch off)")
+    refuse_extra(SCRIPT, args.extra, settings)
     return args
 
 
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
                       + f"  ({summary['seconds']:.0f} s)", flush=True)
         num = results[args.twin_shares[0]][0]["num_samples"]
         floor = data_floor(args.toy, num, args.seeds)
-    minutes = (time.time() - tic) / 60
+    seconds = time.time() - tic
 
     shares = args.twin_shares
     series = {c: (shares, [statistics.fmean(s[k] for s in results[share]) for share in shares])
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Large recipe on `{args.toy}`, energy distance to fresh data ({num:,} samples, lower is "
         f"better): mean ± sd over {len(args.seeds)} training seed(s) ({seeds}); {args.steps:,} "
         f"steps of batch {batch} per run. Share 0 = adversarial branch off. Wall time "
-        f"{minutes:.1f} min in all, {args.threads} thread(s).", "",
+        f"{wall_time(seconds)} in all, {args.threads} thread(s).", "",
         markdown_table(header, table), "", "Every run:", "",
         markdown_table(["adv share", "seed", *(c for c, _ in COLUMNS)], every)])
     (out / f"twin_shares_{args.toy}.md").write_text(text + "\n")
