@@ -212,8 +212,9 @@ def test_fake_branch_settings_without_the_fake_branch_get_one_note():
                     "twinflow_rectify_weight, twinflow_consistency_weight are not used; "
                     "set twinflow_adversarial_enabled: true to train it")
     # large recipe: its consistency rows are e2e base rows, trained without the fake branch
-    note = only_note(["--toy", "moons", "--twinflow_recipe", "large", "--twinflow_group_proportions",
-                      "[1, 1, 1, 0]", "--twinflow_adversarial_enabled", "false",
+    note = only_note(["--toy", "moons", "--twinflow_recipe", "large",
+                      "--twinflow_group_proportions", "[1, 1, 1, 0]",
+                      "--twinflow_adversarial_enabled", "false",
                       "--twinflow_consistency_weight", "2", "--twinflow_adversarial_weight", "3"])
     assert "twinflow_adversarial_weight is not used" in note
     assert "consistency" not in note

@@ -626,8 +626,9 @@ def _unused_notes(cfg: TrainConfig, written=None) -> list[str]:
         return notes
     fake_branch = written_changes(FAKE_BRANCH_KEYS.get(cfg.twinflow_recipe, ()))
     if fake_branch and not cfg.twinflow_adversarial_enabled:
-        notes.append(f"twinflow_adversarial_enabled is false (no fake branch): "
-                     f"{_not_used(fake_branch)}; set twinflow_adversarial_enabled: true to train it")
+        notes.append("twinflow_adversarial_enabled is false (no fake branch): "
+                     f"{_not_used(fake_branch)}; "
+                     "set twinflow_adversarial_enabled: true to train it")
     return notes
 
 
