@@ -118,10 +118,13 @@ def test_compare_methods_and_trajectories_run_end_to_end(tmp_path, capsys):
     assert elsewhere == tmp_path / "paths" / "trajectories_paths.png" and elsewhere.exists()
     assert "note" not in capsys.readouterr().err  # this run trained its fake branch
     # runs that never trained the fake branch get a one-line note, and the figures still come
-    for method, why in [("flow-matching", "twinflow_enabled false"),
-                        ("rcgm", "twinflow_adversarial_enabled false")]:
+    # (only L_adv trains F(x, -t, -t): the consistency-only row has an untrained one too)
+    for method, runs, why in [
+            ("flow-matching", results, "twinflow_enabled false"),
+            ("rcgm", results, "twinflow_adversarial_enabled false"),
+            ("rcgm+realvel+consistency", split, "twinflow_adversarial_weight 0")]:
         untrained = tmp_path / f"paths-{method}"
-        trajectories.main([results[method][0]["run_dir"], "--num", "20", "--out", str(untrained)])
+        trajectories.main([runs[method][0]["run_dir"], "--num", "20", "--out", str(untrained)])
         assert capsys.readouterr().err.splitlines() == [
             f"toy/trajectories.py: note: this run never trained the fake branch ({why}); its fake "
             f"paths show an untrained F(x, -t, -t)"]
@@ -295,6 +298,17 @@ SHARE_HINT = ("set by this script for the adv share; use --twin-shares (share 0 
      "--extra --twinflow_group_proportions: " + SHARE_HINT),
     ("twin_shares", ["--twin-shares", "0.5", "--extra", "--twinflow_adversarial_enabled", "true"],
      "--extra --twinflow_adversarial_enabled: " + SHARE_HINT),
+    # a key another method sets would turn this row into that method under this row's name
+    ("compare_methods", ["--methods", "rcgm", "--extra", "--twinflow_enabled", "false"],
+     "--extra --twinflow_enabled: decides which method a row trains; choose the rows with "
+     "--methods"),
+    ("compare_methods", ["--extra", "--config", "c.json"],
+     "--extra --config: a config file could change what this script sets; give train.py flags "
+     "instead"),
+    ("compare_methods", ["--extra", "--eval_samples=0"],
+     "--extra --eval_samples 0: every run is scored; give a count >= 1"),
+    ("nfe_vs_steps", ["--extra", "--eval_samples", "0"],
+     "--extra --eval_samples 0: every run is scored; give a count >= 1"),
 ])
 def test_extra_flags_that_the_script_sets_are_refused(tmp_path, capsys, script, argv, message):
     # applied after the script's own flags they would win, and the table would say otherwise
@@ -308,12 +322,14 @@ def test_extra_flags_that_the_script_sets_are_refused(tmp_path, capsys, script, 
 
 def test_extra_flags_the_script_leaves_alone_pass():
     compare = load_script("compare_methods")
-    # flow-matching alone never sets the real-velocity weight, so --extra may
-    args = compare.parse_args(["--methods", "flow-matching", "--extra", "--twinflow_realvel_weight",
-                               "0.5", "--batch-size", "32"])
-    assert args.extra == ["--twinflow_realvel_weight", "0.5", "--batch-size", "32"]
-    with pytest.raises(SystemExit):  # ... but rcgm does
-        compare.parse_args(["--methods", "rcgm", "--extra", "--twinflow_realvel_weight", "0.5"])
+    # keys no method and no script setting touches pass through to every run
+    args = compare.parse_args(["--methods", "rcgm", "--extra", "--twinflow_delta_t", "0.02",
+                               "--batch-size", "32", "--eval_samples", "500"])
+    assert args.extra == ["--twinflow_delta_t", "0.02", "--batch-size", "32", "--eval_samples",
+                          "500"]
+    with pytest.raises(SystemExit):  # a key that tells methods apart never does
+        compare.parse_args(["--methods", "flow-matching", "--extra", "--twinflow_realvel_weight",
+                            "0.5"])
 
 
 def test_twin_shares_accept_fractions_and_decimals(capsys):

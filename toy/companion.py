@@ -203,6 +203,13 @@ def script_settings(methods: dict[str, list[str]], instead: str, **overrides: st
         for flag in flags:
             if flag_key(flag):
                 settings.setdefault(flag_key(flag), f"set by this script for {label}; {instead}")
+    for flags in METHODS.values():  # keys that tell the methods apart: a row would change method
+        for flag in flags:
+            if flag_key(flag):
+                settings.setdefault(flag_key(flag), "decides which method a row trains; "
+                                                    "choose the rows with --methods")
+    settings["config"] = ("a config file could change what this script sets; give train.py "
+                          "flags instead")
     return settings
 
 
@@ -220,6 +227,21 @@ def refuse_extra(script: str, extra: list[str], settings: dict[str, str]) -> Non
                          "put --out before --extra")
         if flag_key(flag) in settings:
             fail(script, f"--extra {name}: {settings[flag_key(flag)]}")
+    if _value_of(extra, "eval_samples") in ("0", "0.0"):
+        fail(script, "--extra --eval_samples 0: every run is scored; give a count >= 1")
+
+
+def _value_of(argv: list[str], key: str) -> str | None:
+    """The last value given for `key` in train.py flags `argv` (--key V or --key=V), else None."""
+    value = None
+    for index, flag in enumerate(argv):
+        if flag_key(flag) != key:
+            continue
+        if "=" in flag:
+            value = flag.split("=", 1)[1]
+        elif index + 1 < len(argv):
+            value = argv[index + 1]
+    return value
 
 
 def wall_time(seconds: float) -> str:

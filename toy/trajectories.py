@@ -9,9 +9,9 @@ This script integrates both ODEs from the same noise with the instantaneous velo
 and draws the paths, the real endpoints against the data, and the fake endpoints against the model's
 one-step samples z - F(z, 1, 0). Output: trajectories_paths.png and trajectories_ends.png in the run
 folder (or --out), never over earlier ones unless --overwrite. The reference data is the run's own
-toy (from its checkpoint.json), or --toy. A run that never trained the fake branch
-(twinflow_enabled or twinflow_adversarial_enabled false) gets a note on stderr: its fake paths are
-those of an untrained F(x, -t, -t).
+toy (from its checkpoint.json), or --toy. A run that never trained the network at negative time
+(only L_adv does: twinflow_enabled or twinflow_adversarial_enabled false, adversarial weight 0, or
+no adv rows) gets a note on stderr: its fake paths are those of an untrained F(x, -t, -t).
 
 Time convention: see twinflow_min/transport.py.
 
@@ -56,16 +56,24 @@ def integrate(model, z: torch.Tensor, steps: int, sign: float) -> torch.Tensor:
 
 
 def untrained_fake_branch(checkpoint: Path) -> str | None:
-    """Why the run that wrote `checkpoint` never trained the fake branch ("twinflow_enabled
-    false" or "twinflow_adversarial_enabled false"), read from the checkpoint.json next to it;
-    None when it did, or when that file is missing or unreadable (nothing to say then)."""
+    """Why the run that wrote `checkpoint` never trained F(x, -t, -t), read from the
+    checkpoint.json next to it: only L_adv trains the network at negative time
+    (docs/math.md#adversarial-loss), so "twinflow_enabled false", "twinflow_adversarial_enabled
+    false", "twinflow_adversarial_weight 0" or "no adv rows" (large recipe). None when it did, or
+    when that file is missing or unreadable (nothing to say then)."""
     try:
         config = json.loads((checkpoint.parent / SUMMARY_NAME).read_text())["train_config"]
-        flags = [(key, config.get(key)) for key in ("twinflow_enabled",
-                                                    "twinflow_adversarial_enabled")]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        for key in ("twinflow_enabled", "twinflow_adversarial_enabled"):
+            if config.get(key) is False:
+                return f"{key} false"
+        if config.get("twinflow_adversarial_weight") == 0:
+            return "twinflow_adversarial_weight 0"
+        large = config.get("twinflow_recipe") == "large"
+        if large and config["twinflow_group_proportions"][3] == 0:
+            return "no adv rows in twinflow_group_proportions"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
-    return next((f"{key} false" for key, value in flags if value is False), None)
+    return None
 
 
 def main(argv: list[str] | None = None) -> Path:
