@@ -477,7 +477,7 @@ def run(args) -> dict:
         checkpoint = checkpoint / CHECKPOINT_NAME
     evaluating = args.fid or args.proxy_metrics
     out = None if evaluating else _output_path(args, run_dir, name, seed)
-    model = load_model(checkpoint, args.base, args.weights, device)
+    model, loaded = load_model(checkpoint, args.base, args.weights, device)
     _check_model(model, checkpoint, class_label, options)
     vae = None
     if vae_path:
@@ -499,7 +499,8 @@ def run(args) -> dict:
     for text in notes:  # after every door check: a refused command prints one line only
         _note(text)
     sampler = Sampler(model, seed, device, options, class_label, vae)
-    results: dict = {"checkpoint": str(checkpoint), "sampler_name": name, "sampler": options}
+    results: dict = {"checkpoint": str(checkpoint), "model": loaded, "sampler_name": name,
+                     "sampler": options}
     if evaluating:
         results.update(evaluate_images(args, sampler, run_dir, device, num, batch_size, fid_path))
     else:
@@ -514,9 +515,10 @@ def run(args) -> dict:
     return results
 
 
-def load_model(checkpoint: Path, base, weights: str, device: torch.device):
-    """The model of a checkpoint in eval mode: a LoRA checkpoint or adapter file on its base with
-    the adapters merged (`load_adapter` + `merge_lora`), else `load_pretrained`."""
+def load_model(checkpoint: Path, base, weights: str, device: torch.device) -> tuple:
+    """(model in eval mode, one line saying what was loaded) of a checkpoint: a LoRA checkpoint or
+    adapter file on its base with the adapters merged (`load_adapter` + `merge_lora`), else
+    `load_pretrained`."""
     if not is_adapter_file(checkpoint):
         if base is not None:
             raise SampleError(
@@ -524,16 +526,13 @@ def load_model(checkpoint: Path, base, weights: str, device: torch.device):
                 f"file; drop --base"
             )
         model, info = load_pretrained(checkpoint, device=device, weights=weights)
-        print(f"loaded {info}")
-        return model.eval()
+        return model.eval(), str(info)
     _existing_file(base, "--base")
     model, info = load_adapter(checkpoint, base, weights=weights, device=device)
     settings = info.settings
-    print(
-        f"loaded LoRA {checkpoint} ({info.used} weights, {len(settings.layers)} layers, rank "
-        f"{settings.rank}, alpha {settings.alpha:g}) on base {info.base_path}; adapters merged"
-    )
-    return merge_lora(model).eval()
+    loaded = (f"LoRA {checkpoint} ({info.used} weights, {len(settings.layers)} layers, rank "
+              f"{settings.rank}, alpha {settings.alpha:g}) on base {info.base_path}; adapters merged")
+    return merge_lora(model).eval(), loaded
 
 
 def seeded_generators(seed: int, indices, device: torch.device) -> list[torch.Generator]:
@@ -611,7 +610,6 @@ def write_output(path: Path, samples: torch.Tensor, dataset: str | None, overwri
         image_grid_png(
             path, samples.clamp(-1, 1).cpu(), nrow=int(np.ceil(np.sqrt(samples.shape[0])))
         )
-    print(f"wrote {path}")
 
 
 def evaluate_images(args, sampler: Sampler, run_dir: Path, device, num, batch_size, fid_path):

@@ -6,6 +6,7 @@ after one line "sample.py: error: ..." on stderr naming the problem. Time conven
 twinflow_min/transport.py.
 """
 
+import json
 import math
 import subprocess
 import sys
@@ -165,6 +166,14 @@ def test_refusals_are_one_line(toy_run, tmp_path, kind, extra, message, capsys):
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     refuse(capsys, [str(tmp_path / "nowhere"), "--out", str(tmp_path / "s.npy")], "nowhere")
+
+
+def test_standard_output_is_the_results_json(toy_run, tmp_path, capsys):
+    capsys.readouterr()
+    result = sample.main([toy_run["run_dir"], "--num", "3", "--out", str(tmp_path / "s.npy")])
+    printed = json.loads(capsys.readouterr().out)  # nothing but the JSON: pipes into jq work
+    assert printed["out"] == str(tmp_path / "s.npy") == result["out"]
+    assert printed["model"].startswith("SiT") and "ema" in printed["model"]
 
 
 def test_never_overwrites(toy_run, tmp_path, capsys):
