@@ -403,7 +403,11 @@ def _existing_file(path, flag: str) -> Path:
 
 
 def _output_path(args, run_dir: Path, name: str, seed: int) -> Path:
-    path = Path(args.out) if args.out else run_dir / OUTPUT_DIR / f"{name}_seed{seed}.png"
+    """--out, else RUN/samples/<name>[-student]_seed<S>.png (-student: --weights model, which
+    samples other weights than the default); refused if it exists (unless --overwrite)."""
+    weights = "-student" if args.weights == "model" else ""
+    default = run_dir / OUTPUT_DIR / f"{name}{weights}_seed{seed}.png"
+    path = Path(args.out) if args.out else default
     if path.is_dir():
         raise SampleError(f"--out {path} is a folder; give a file name ending in .npy or .png")
     if path.suffix not in (".npy", ".png"):

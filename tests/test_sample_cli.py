@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -534,6 +535,12 @@ def test_default_names_follow_the_full_settings(toy_run, tmp_path, capsys):
         name_of("--steps", "2", "--kumaraswamy", "1", "1", "2")[0]
         == name_of("--steps", "2", "--kumaraswamy", "1.0", "1.00", "2e0")[0]
     )
+    # the student's weights are other samples than the default EMA ones: a file of their own
+    ema = sample.main([str(root), "--num", "2", "--seed", "3", "--overwrite"])["out"]
+    student = sample.main([str(root), "--num", "2", "--seed", "3", "--weights", "model"])["out"]
+    assert __import__("pathlib").Path(student).name == "1nfe-student_seed3.png"
+    assert student != ema and not np.array_equal(np.asarray(Image.open(student)),
+                                                 np.asarray(Image.open(ema)))
 
 
 def test_stochastic_ratio_sde_in_any_case(toy_run, tmp_path, monkeypatch):
