@@ -535,7 +535,8 @@ def load_model(checkpoint: Path, base, weights: str, device: torch.device) -> tu
     model, info = load_adapter(checkpoint, base, weights=weights, device=device)
     settings = info.settings
     loaded = (f"LoRA {checkpoint} ({info.used} weights, {len(settings.layers)} layers, rank "
-              f"{settings.rank}, alpha {settings.alpha:g}) on base {info.base_path}; adapters merged")
+              f"{settings.rank}, alpha {settings.alpha:g}) on base {info.base_path}; "
+              f"adapters merged")
     return merge_lora(model).eval(), loaded
 
 
