@@ -58,7 +58,7 @@ from twinflow_min.data import load_dataset, sample_toy
 from twinflow_min.evaluate import ODE_OPTIONS
 from twinflow_min.lora import is_adapter_file, load_adapter, merge_lora
 from twinflow_min.plots import image_grid_png, scatter_png
-from twinflow_min.run_dir import SUMMARY_NAME, training_dataset
+from twinflow_min.run_dir import training_config
 from twinflow_min.sampler import (
     KNOB_DEFAULTS,
     MAX_STEPS,
@@ -382,16 +382,6 @@ def sampler_notes(args, options: dict) -> list[str]:
     return notes
 
 
-def _trained_with_twinflow(checkpoint: Path) -> bool:
-    """True when the checkpoint.json next to `checkpoint` says twinflow_enabled (read like
-    `run_dir.training_dataset`); False for a file without one, e.g. a converted pretrained model."""
-    try:
-        summary = json.loads((checkpoint.parent / SUMMARY_NAME).read_text())
-        return summary.get("train_config", {}).get("twinflow_enabled") is True
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _note(text: str) -> None:
     print(f"sample.py: note: {text}", file=sys.stderr)
 
@@ -482,6 +472,7 @@ def run(args) -> dict:
     evaluating = args.fid or args.proxy_metrics
     out = None if evaluating else _output_path(args, run_dir, name, seed)
     model, loaded = load_model(checkpoint, args.base, args.weights, device)
+    trained = training_config(checkpoint)  # {} for a file no training run wrote
     _check_model(model, checkpoint, class_label, options)
     vae = None
     if vae_path:
@@ -495,7 +486,7 @@ def run(args) -> dict:
             f"decode them to images, or write .npy"
         )
     notes = sampler_notes(args, options)
-    if options["cfg_scale"] > 0 and _trained_with_twinflow(checkpoint):
+    if options["cfg_scale"] > 0 and trained.get("twinflow_enabled") is True:
         notes.append(
             f"this model was trained with TwinFlow, which samples at guidance 0 (paper); "
             f"--cfg-scale {options['cfg_scale']:g} is applied anyway"
@@ -513,7 +504,7 @@ def run(args) -> dict:
             sampler(min(batch_size, num - s))
             for s in tqdm(range(0, num, batch_size), desc="sampling", disable=None)
         ]
-        write_output(out, torch.cat(batches), training_dataset(checkpoint), args.overwrite)
+        write_output(out, torch.cat(batches), trained.get("dataset"), args.overwrite)
         results["num_samples"], results["out"] = num, str(out)
     print(json.dumps(results, indent=2, default=str))
     return results

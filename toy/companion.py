@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import statistics
 import sys
@@ -50,6 +49,7 @@ from twinflow_min.config_cli import ALIASES  # noqa: E402
 from twinflow_min.data import sample_toy  # noqa: E402
 from twinflow_min.evaluate import TOY_EVAL_SEED  # noqa: E402
 from twinflow_min.metrics import energy_distance  # noqa: E402
+from twinflow_min.run_dir import training_config  # noqa: E402
 
 METHODS = {
     "flow-matching": ["--twinflow_enabled", "false"],
@@ -265,9 +265,8 @@ def run(toy: str, method_flags: list[str], *, seed: int, steps: int, out: Path, 
     with contextlib.redirect_stdout(io.StringIO()):
         summary = train.main(argv)
     seconds = time.time() - tic
-    saved = json.loads((Path(summary["run_dir"]) / "checkpoint.json").read_text())
-    return {**summary, "seconds": seconds,
-            "batch_size": saved["train_config"]["train_batch_size"]}
+    batch_size = training_config(summary["checkpoint"])["train_batch_size"]
+    return {**summary, "seconds": seconds, "batch_size": batch_size}
 
 
 def data_floor(toy: str, num: int, seeds) -> list[float]:

@@ -22,7 +22,6 @@ Time convention: see twinflow_min/transport.py.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,8 +34,7 @@ from twinflow_min.checkpoint import load_pretrained  # noqa: E402
 from twinflow_min.checks import CheckpointError  # noqa: E402
 from twinflow_min.data import TOY_DATASETS, sample_toy  # noqa: E402
 from twinflow_min.plots import scatter_png, trajectories_png  # noqa: E402
-from twinflow_min.run_dir import training_dataset  # noqa: E402
-from twinflow_min.train_state import SUMMARY_NAME  # noqa: E402
+from twinflow_min.run_dir import training_config  # noqa: E402
 from twinflow_min.transport import invert  # noqa: E402
 
 SCRIPT = "trajectories.py"
@@ -61,18 +59,15 @@ def untrained_fake_branch(checkpoint: Path) -> str | None:
     (docs/math.md#adversarial-loss), so "twinflow_enabled false", "twinflow_adversarial_enabled
     false", "twinflow_adversarial_weight 0" or "no adv rows" (large recipe). None when it did, or
     when that file is missing or unreadable (nothing to say then)."""
-    try:
-        config = json.loads((checkpoint.parent / SUMMARY_NAME).read_text())["train_config"]
-        for key in ("twinflow_enabled", "twinflow_adversarial_enabled"):
-            if config.get(key) is False:
-                return f"{key} false"
-        if config.get("twinflow_adversarial_weight") == 0:
-            return "twinflow_adversarial_weight 0"
-        large = config.get("twinflow_recipe") == "large"
-        if large and config["twinflow_group_proportions"][3] == 0:
-            return "no adv rows in twinflow_group_proportions"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
-        return None
+    config = training_config(checkpoint)
+    for key in ("twinflow_enabled", "twinflow_adversarial_enabled"):
+        if config.get(key) is False:
+            return f"{key} false"
+    if config.get("twinflow_adversarial_weight") == 0:
+        return "twinflow_adversarial_weight 0"
+    large = config.get("twinflow_recipe") == "large"
+    if large and config.get("twinflow_group_proportions", [1] * 4)[3] == 0:
+        return "no adv rows in twinflow_group_proportions"
     return None
 
 
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> Path:
     model.eval()
     if not model.config.data_dim:
         fail(SCRIPT, f"{checkpoint} is not a 2-D toy model; give a run of train.py --toy NAME")
-    toy = args.toy or (training_dataset(checkpoint) or "").removeprefix("toy:")
+    toy = args.toy or training_config(checkpoint).get("dataset", "").removeprefix("toy:")
     if toy not in TOY_DATASETS:
         fail(SCRIPT, f"{checkpoint} does not say which toy it was trained on; add --toy NAME")
     out_dir = Path(args.out) if args.out else checkpoint.parent

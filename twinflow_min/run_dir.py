@@ -146,14 +146,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def training_dataset(checkpoint: str | Path) -> str | None:
-    """The `dataset` string ("toy:moons", "cifar10", ...) of the run that wrote `checkpoint`.
-
-    Read from the checkpoint.json next to the file; None for a file without one (a converted
-    pretrained checkpoint) or an unreadable one: callers then need the dataset from the user.
+def training_config(checkpoint: str | Path) -> dict:
+    """The training config ("train_config") of the run that wrote `checkpoint`, as saved in the
+    checkpoint.json next to the file; {} for a file without one (a converted pretrained checkpoint)
+    or an unreadable one: callers then fall back to the user's flags or say nothing.
     """
     summary = Path(checkpoint).parent / SUMMARY_NAME
     try:
-        return json.loads(summary.read_text()).get("train_config", {}).get("dataset")
+        config = json.loads(summary.read_text()).get("train_config", {})
     except (OSError, ValueError, AttributeError):
-        return None
+        return {}
+    return config if isinstance(config, dict) else {}
