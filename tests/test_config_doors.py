@@ -21,6 +21,12 @@ from twinflow_min.config_cli import resolve_config, resolve_config_with_notes
 REPO = Path(__file__).resolve().parent.parent
 INT64_MAX = 2**63 - 1
 
+# The LoRA example config of the SimpleTuner TwinFlow guide (FLUX.1-dev), as a user would paste it
+GUIDE_CONFIG = {"model_family": "flux", "model_type": "lora", "lora_rank": 16,
+                "pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev",
+                "twinflow_enabled": True, "twinflow_target_step_count": 2, "use_ema": True,
+                "twinflow_image_free": True}
+
 
 def refused(argv: list[str]) -> str:
     with pytest.raises(ConfigError) as error:
@@ -345,22 +351,18 @@ def test_lora_values(pretrained, flags, phrase):
 
 
 def test_the_guides_config_fails_only_on_what_this_project_does_not_do(tmp_path, pretrained):
-    guide = {"model_family": "flux", "model_type": "lora", "lora_rank": 16,
-             "pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev",
-             "twinflow_enabled": True, "twinflow_target_step_count": 2, "use_ema": True,
-             "twinflow_image_free": True}
     path = tmp_path / "guide.json"
-    path.write_text(json.dumps(guide))
+    path.write_text(json.dumps(GUIDE_CONFIG))
     message = refused(["--config", str(path)])
     assert message.startswith("model_family = 'flux' ")
     assert "this project trains class-conditional DiT/SiT models" in message
-    path.write_text(json.dumps({**guide, "model_family": "sit"}))
+    path.write_text(json.dumps({**GUIDE_CONFIG, "model_family": "sit"}))
     message = refused(["--config", str(path)])
     hub = "pretrained_model_name_or_path = 'black-forest-labs/FLUX.1-dev' looks like a hub name"
     assert message.startswith(hub)
     fix = "nothing is downloaded: convert a release with python tools/convert_checkpoint.py"
     assert fix in message
-    local = {**guide, "model_family": "sit", "pretrained_model_name_or_path": pretrained}
+    local = {**GUIDE_CONFIG, "model_family": "sit", "pretrained_model_name_or_path": pretrained}
     path.write_text(json.dumps(local))
     assert accepted(["--config", str(path)]).model_type == "lora"
 

@@ -11,10 +11,8 @@ twinflow_min/transport.py.
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +24,9 @@ from safetensors.torch import load_file, save_file
 import sample
 import train
 from test_checkpoint import HEADS, TOOL_PATH, tiny_state
+from test_config_doors import GUIDE_CONFIG
+from test_train import interrupt_at_call
 from tests.conftest import REPO_ROOT
-from twinflow_min import objective
 from twinflow_min.checkpoint import LORA_METADATA_KEY, load_pretrained
 from twinflow_min.lora import LoRATeacher, load_adapter, trainable_names
 from twinflow_min.train_state import read_checkpoint
@@ -194,24 +193,11 @@ def test_sample_py_base_flag_errors_are_one_line(base, issue_run, tmp_path, caps
 
 
 # ---------------------------------------------------------------- resume
-def interrupt_in_call(patch, call_index: int):
-    """Ctrl-C (SIGINT) to ourselves inside the `call_index`-th loss evaluation."""
-    original, calls = objective.twinflow_losses, []
-
-    def losses(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == call_index:
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(*args, **kwargs)
-
-    patch.setattr(objective, "twinflow_losses", losses)
-
-
 def test_resume_of_a_lora_run_is_bit_identical(base, tmp_path):
     common = ["--lora_rank", "4", "--lr_schedule", "cosine"]
     straight = lora_run(base, tmp_path, *common, name="straight", steps=5)
     with pytest.MonkeyPatch.context() as patch:
-        interrupt_in_call(patch, 2)
+        interrupt_at_call(patch, 2)
         with pytest.raises(SystemExit) as stopped:
             lora_run(base, tmp_path, *common, name="part", steps=5)
     assert stopped.value.code == 130
@@ -323,18 +309,14 @@ def test_a_pattern_matching_nothing_lists_the_linear_layers(base, tmp_path, caps
 
 
 def test_the_guides_config_through_main(base, tmp_path, capsys):
-    guide = {"model_family": "flux", "model_type": "lora", "lora_rank": 16,
-             "pretrained_model_name_or_path": "black-forest-labs/FLUX.1-dev",
-             "twinflow_enabled": True, "twinflow_target_step_count": 2, "use_ema": True,
-             "twinflow_image_free": True}
     path = tmp_path / "guide.json"
-    path.write_text(json.dumps(guide))
+    path.write_text(json.dumps(GUIDE_CONFIG))
     line = refused(capsys, ["--config", str(path)])
     assert "this project trains class-conditional DiT/SiT models" in line
-    path.write_text(json.dumps({**guide, "model_family": "sit"}))
+    path.write_text(json.dumps({**GUIDE_CONFIG, "model_family": "sit"}))
     line = refused(capsys, ["--config", str(path)])
     assert "looks like a hub name" in line and "tools/convert_checkpoint.py" in line
-    local = {**guide, "model_family": "sit", "pretrained_model_name_or_path": str(base),
+    local = {**GUIDE_CONFIG, "model_family": "sit", "pretrained_model_name_or_path": str(base),
              "max_train_steps": 1, "train_batch_size": 4, "validation_every": 0,
              "output_dir": str(tmp_path / "out")}
     path.write_text(json.dumps(local))
