@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from twinflow_min import metrics
 from twinflow_min.checkpoint import load_pretrained
-from twinflow_min.checks import INT64_MAX, CheckpointError, is_count, resolve_device
+from twinflow_min.checks import EXIT_REFUSED, INT64_MAX, CheckpointError, is_count, resolve_device
 from twinflow_min.data import load_dataset, sample_toy
 from twinflow_min.evaluate import ODE_OPTIONS
 from twinflow_min.lora import is_adapter_file, load_adapter, merge_lora
@@ -116,9 +116,6 @@ KNOB_FLAGS = {
 # UCGM `uni_sample` docstring: extrapolation ratio "recommended range for multi-step models:
 # [0.2, 0.6]"; neither it nor TwinFlow's `sampling_loop` refuses any value >= 0.
 EXTRAPOLATION_RECOMMENDED = (0.2, 0.6)
-
-
-EXIT_REFUSED = 2  # a bad command line, file or checkpoint (the same code as train.py)
 
 
 class SampleError(Exception):

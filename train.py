@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from twinflow_min.checks import CheckpointError, resolve_device
+from twinflow_min.checks import EXIT_REFUSED, CheckpointError, resolve_device
 from twinflow_min.config import ConfigError, TrainConfig
 from twinflow_min.config_cli import resolve_config_with_notes
 from twinflow_min.data_sources import (SetupError, build_data_and_model, check_prediction_type,
@@ -67,7 +67,7 @@ from twinflow_min.training import (SIGNAL_NAMES, Checkpointer, CheckpointWriteEr
                                    next_teacher)
 from twinflow_min.twinflow import check_model_fits, image_free_batch
 
-EXIT_FAILED, EXIT_REFUSED, EXIT_DIVERGED, EXIT_WRITE_FAILED = 1, 2, 3, 4
+EXIT_FAILED, EXIT_DIVERGED, EXIT_WRITE_FAILED = 1, 3, 4  # EXIT_REFUSED: checks.py
 EXIT_OF_KIND = {"ConfigError": EXIT_REFUSED, "SetupError": EXIT_REFUSED, "RunFolderError":
                 EXIT_REFUSED, "CheckpointError": EXIT_REFUSED, "TrainingDiverged": EXIT_DIVERGED,
                 "CheckpointWriteError": EXIT_WRITE_FAILED}  # another rank's error -> exit code

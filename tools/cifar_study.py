@@ -60,7 +60,7 @@ if str(REPO_ROOT) not in sys.path:  # sample.py and the package, from any workin
     sys.path.insert(0, str(REPO_ROOT))
 
 from twinflow_min import metrics  # noqa: E402
-from twinflow_min.checks import is_count  # noqa: E402
+from twinflow_min.checks import EXIT_REFUSED, is_count  # noqa: E402
 from twinflow_min.data import load_dataset  # noqa: E402
 
 ARMS = ("A", "B", "C", "D")
@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict:
         return run(checked_args(argv))
     except StudyError as error:
         print(f"cifar_study.py: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None  # refused input, as train.py and sample.py
+        raise SystemExit(EXIT_REFUSED) from None
 
 
 def run(args) -> dict:

@@ -45,7 +45,7 @@ from twinflow_min.checkpoint import (
     expected_shapes,
     infer_config_from_shapes,
 )
-from twinflow_min.checks import is_count  # noqa: E402
+from twinflow_min.checks import EXIT_REFUSED, is_count  # noqa: E402
 from twinflow_min.model import config_to_metadata  # noqa: E402
 
 # How each source family maps onto DiTConfig's time fields (SiT/REPA feed raw t, DiT
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except CheckpointError as error:
         print(f"convert_checkpoint: error: {error}", file=sys.stderr)
-        return 2  # refused input, as train.py and sample.py
+        return EXIT_REFUSED
     print(
         f"wrote {args.output}: {summary['architecture']}, {summary['tensors']} tensors, "
         f"{summary['parameters']:,} parameters, {args.dtype}, weights from {summary['weights']!r}"

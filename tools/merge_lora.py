@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as `python tools/merge_lora.py`: make the r
 import torch  # noqa: E402
 
 from twinflow_min.checkpoint import read_header  # noqa: E402
-from twinflow_min.checks import CheckpointError  # noqa: E402
+from twinflow_min.checks import EXIT_REFUSED, CheckpointError  # noqa: E402
 from twinflow_min.lora import (EMA_METADATA_KEY, LORA_METADATA_KEY, file_sha256,  # noqa: E402
                                load_adapter, merge_lora, save_file_atomic)
 from twinflow_min.model import config_to_metadata  # noqa: E402
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = merge_to_file(args.adapter, args.output, args.base, args.weights, args.overwrite)
     except (CheckpointError, ValueError, OSError) as error:
         print(f"merge_lora: error: {error}", file=sys.stderr)
-        return 2  # refused input, as train.py and sample.py
+        return EXIT_REFUSED
     print(f"wrote {args.output}: {summary['layers']} layers merged (rank {summary['rank']}, alpha "
           f"{summary['alpha']:g}, {summary['weights']} weights) into {summary['base']}, "
           f"{summary['tensors']} tensors")

@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
 
 import train  # noqa: E402
 from twinflow_min.canvas import FONT_LARGE, draw_text, text_width  # noqa: E402
+from twinflow_min.checks import EXIT_REFUSED  # noqa: E402
 from twinflow_min.config_cli import ALIASES  # noqa: E402
 from twinflow_min.data import sample_toy  # noqa: E402
 from twinflow_min.evaluate import TOY_EVAL_SEED  # noqa: E402
@@ -76,7 +77,7 @@ DATA_SEED_OFFSET = 1000  # data-vs-data draw i uses seed DATA_SEED_OFFSET + i (n
 def fail(script: str, message: str) -> None:
     """One line on stderr, exit status 2 (the house style for bad user input)."""
     print(f"toy/{script}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(EXIT_REFUSED)
 
 
 class ToyParser(argparse.ArgumentParser):

@@ -12,6 +12,7 @@ import math
 import torch
 
 INT64_MAX = 2**63 - 1  # the largest seed or count a torch tensor / generator can hold
+EXIT_REFUSED = 2  # exit code of every entry point (train, sample, toy, tools) for a refused input
 
 
 class CheckpointError(ValueError):
